@@ -1,0 +1,217 @@
+//! The command line: `identity-server serve` and `identity-server migrate`. Every option can
+//! also come from the environment variable named in `--help`.
+
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+
+use argon2::Params;
+use clap::{Args, Parser, Subcommand};
+use http::HeaderValue;
+use secrecy::SecretString;
+
+use crate::{
+    clock::SystemClock,
+    db,
+    domain::CodeKey,
+    hashing::HashingConfig,
+    registration,
+    startup::{self, Application, Settings},
+    telemetry::{self, LogFormat},
+};
+
+/// gRPC identity service: sign-up (Register, VerifyEmail, ResendVerificationEmail) on
+/// PostgreSQL, with verification emails queued in a transactional outbox that outbox-relay
+/// delivers.
+#[derive(Debug, Parser)]
+#[command(name = "identity-server", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log line format.
+    #[arg(long, env = "IDENTITY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API (with health, reflection and gRPC-Web) until SIGINT or SIGTERM.
+    ///
+    /// Refuses to start while migrations are pending, unless given --migrate.
+    Serve(Box<ServeArgs>),
+    /// Apply pending database migrations, then exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
+    database_url: SecretString,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+
+    /// Address to listen on for gRPC, gRPC-Web and health checks (port 0 picks a free port).
+    #[arg(long, env = "IDENTITY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    grpc_addr: SocketAddr,
+
+    /// Apply pending migrations before serving.
+    #[arg(long)]
+    migrate: bool,
+
+    /// Secret key for the MACs of verification codes: at least 32 bytes, e.g. from
+    /// `openssl rand -hex 32`. Keep it stable: changing it invalidates outstanding codes.
+    #[arg(long, env = "IDENTITY_CODE_HMAC_KEY", hide_env_values = true, value_parser = parse_secret)]
+    code_hmac_key: SecretString,
+
+    /// Most database connections open at once.
+    #[arg(long, env = "IDENTITY_DB_POOL_SIZE", default_value_t = 16)]
+    db_pool_size: usize,
+
+    /// Milliseconds to wait for a database connection before answering UNAVAILABLE.
+    #[arg(long, env = "IDENTITY_DB_TIMEOUT_MS", default_value_t = 1000)]
+    db_timeout_ms: u64,
+
+    /// Password hashes computed at once (default: one per CPU core).
+    #[arg(long, env = "IDENTITY_HASH_WORKERS")]
+    hash_workers: Option<usize>,
+
+    /// Password hashes allowed to wait for a worker; beyond that, calls fail fast with
+    /// RESOURCE_EXHAUSTED and a retry delay.
+    #[arg(long, env = "IDENTITY_HASH_QUEUE", default_value_t = 32)]
+    hash_queue: usize,
+
+    /// Argon2id memory cost in KiB.
+    #[arg(long, env = "IDENTITY_ARGON2_M_KIB", default_value_t = Params::DEFAULT_M_COST)]
+    argon2_m_kib: u32,
+
+    /// Argon2id iterations.
+    #[arg(long, env = "IDENTITY_ARGON2_T", default_value_t = Params::DEFAULT_T_COST)]
+    argon2_t: u32,
+
+    /// Argon2id parallelism.
+    #[arg(long, env = "IDENTITY_ARGON2_P", default_value_t = Params::DEFAULT_P_COST)]
+    argon2_p: u32,
+
+    /// Seconds a verification link and code stay valid.
+    #[arg(long, env = "IDENTITY_VERIFICATION_TTL_SECS", default_value_t = 24 * 60 * 60)]
+    verification_ttl_secs: i64,
+
+    /// Least seconds between two verification emails to one account.
+    #[arg(long, env = "IDENTITY_RESEND_COOLDOWN_SECS", default_value_t = 60)]
+    resend_cooldown_secs: i64,
+
+    /// Browser origins allowed to call over gRPC-Web (comma-separated), e.g.
+    /// https://app.example.com. Empty: no cross-origin calls.
+    #[arg(long, env = "IDENTITY_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    cors_allowed_origins: Vec<HeaderValue>,
+}
+
+fn parse_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(SecretString::from(raw))
+}
+
+impl ServeArgs {
+    fn into_settings(self) -> anyhow::Result<Settings> {
+        use secrecy::ExposeSecret;
+
+        let code_key = CodeKey::new(self.code_hmac_key.expose_secret().as_bytes().to_vec())
+            .map_err(|e| anyhow::anyhow!("IDENTITY_CODE_HMAC_KEY {e}"))?;
+        let params = Params::new(self.argon2_m_kib, self.argon2_t, self.argon2_p, None)
+            .map_err(|e| anyhow::anyhow!("invalid Argon2 parameters: {e}"))?;
+        let workers = self.hash_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        anyhow::ensure!(self.verification_ttl_secs > 0, "the verification TTL must be positive");
+        anyhow::ensure!(self.resend_cooldown_secs >= 0, "the resend cooldown cannot be negative");
+        Ok(Settings {
+            grpc_addr: self.grpc_addr,
+            database: db::PoolConfig {
+                url: self.database.database_url,
+                max_size: self.db_pool_size,
+                timeout: Duration::from_millis(self.db_timeout_ms),
+            },
+            hashing: HashingConfig {
+                params,
+                workers,
+                queue: self.hash_queue,
+            },
+            code_key,
+            registration: registration::Settings {
+                verification_ttl: time::Duration::seconds(self.verification_ttl_secs),
+                resend_cooldown: time::Duration::seconds(self.resend_cooldown_secs),
+                ..registration::Settings::default()
+            },
+            cors_allowed_origins: self.cors_allowed_origins,
+        })
+    }
+}
+
+impl Cli {
+    /// Runs the chosen command; errors are logged and turn into a failing exit code.
+    pub fn run(self) -> ExitCode {
+        telemetry::init(self.log_format);
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(error.message = %e, "cannot start the async runtime");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = runtime.block_on(async {
+            match self.command {
+                Command::Migrate(args) => migrate(&args.database_url).await,
+                Command::Serve(args) => serve(*args).await,
+            }
+        });
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error.message = %e, error.cause_chain = ?e, "identity-server failed");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
+    let applied = db::run_migrations(database_url).await?;
+    if applied.is_empty() {
+        tracing::info!("database schema is up to date");
+    } else {
+        tracing::info!(?applied, "migrations applied");
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let apply_migrations = args.migrate;
+    let settings = args.into_settings()?;
+    if apply_migrations {
+        migrate(&settings.database.url).await?;
+    } else {
+        let pending = db::pending_migrations(&settings.database.url).await?;
+        anyhow::ensure!(
+            pending.is_empty(),
+            "{} database migration(s) pending ({}); run `identity-server migrate` first or pass --migrate",
+            pending.len(),
+            pending.join(", ")
+        );
+    }
+    tracing::info!(
+        hash_workers = settings.hashing.workers,
+        hash_queue = settings.hashing.queue,
+        argon2.m_kib = settings.hashing.params.m_cost(),
+        argon2.t = settings.hashing.params.t_cost(),
+        argon2.p = settings.hashing.params.p_cost(),
+        "starting"
+    );
+    let app = Application::build(settings, Arc::new(SystemClock)).await?;
+    app.run_until_stopped(startup::shutdown_signal()).await
+}

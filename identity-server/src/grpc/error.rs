@@ -1,0 +1,154 @@
+//! The one place where errors become gRPC statuses. Every status carries a
+//! `google.rpc.ErrorInfo` (domain `identity.v1`, a stable reason); malformed input carries a
+//! `google.rpc.BadRequest`, overload a `google.rpc.RetryInfo`. Internal details are logged here
+//! and never sent to the caller.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    db::StoreError,
+    domain::Invalid,
+    registration::{RegisterError, ResendError, VerifyEmailError},
+};
+
+/// `ErrorInfo.domain` of every error.
+pub const DOMAIN: &str = "identity.v1";
+
+/// How long a caller should wait before retrying while the database is unreachable.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// Fields that failed to parse, by their path in the request ("email", "email_code.code").
+#[derive(Debug, Default)]
+pub struct FieldViolations(Vec<(&'static str, Invalid)>);
+
+impl FieldViolations {
+    /// Keeps the value if it parsed, or records why field `field` did not.
+    pub fn check<T>(&mut self, field: &'static str, parsed: Result<T, Invalid>) -> Option<T> {
+        parsed.map_err(|why| self.0.push((field, why))).ok()
+    }
+
+    /// Records a violation directly.
+    pub fn add(&mut self, field: &'static str, why: Invalid) {
+        self.0.push((field, why));
+    }
+}
+
+impl From<FieldViolations> for Status {
+    fn from(violations: FieldViolations) -> Self {
+        let message = violations
+            .0
+            .iter()
+            .map(|(field, why)| format!("{field} {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut details = ErrorDetails::new();
+        details.set_error_info("INVALID_ARGUMENT", DOMAIN, HashMap::new());
+        for (field, why) in &violations.0 {
+            details.add_bad_request_violation(*field, why.to_string());
+        }
+        Status::with_error_details(Code::InvalidArgument, message, details)
+    }
+}
+
+fn status(code: Code, reason: &str, message: &str) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new()),
+    )
+}
+
+fn retry_later(code: Code, reason: &str, message: &str, after: Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+    details.set_retry_info(Some(after));
+    Status::with_error_details(code, message, details)
+}
+
+fn unexpected(error: &(dyn std::error::Error + 'static)) -> Status {
+    tracing::error!(error.message = %error, error.cause_chain = ?error, "request failed");
+    status(Code::Internal, "INTERNAL", "internal error")
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error.message = %cause, "database unavailable");
+                retry_later(
+                    Code::Unavailable,
+                    "DATABASE_UNAVAILABLE",
+                    "the service cannot reach its database; nothing was changed, retry later",
+                    UNAVAILABLE_RETRY,
+                )
+            }
+            query @ StoreError::Query(_) => unexpected(&query),
+        }
+    }
+}
+
+impl From<RegisterError> for Status {
+    fn from(error: RegisterError) -> Self {
+        match error {
+            RegisterError::EmailTaken => status(
+                Code::AlreadyExists,
+                "EMAIL_ALREADY_REGISTERED",
+                "this email address is already registered",
+            ),
+            RegisterError::Overloaded { retry_after } => retry_later(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "the service is busy; retry after the delay in RetryInfo",
+                retry_after,
+            ),
+            RegisterError::Store(e) => e.into(),
+            RegisterError::Unexpected(e) => unexpected(e.as_ref()),
+        }
+    }
+}
+
+impl From<VerifyEmailError> for Status {
+    fn from(error: VerifyEmailError) -> Self {
+        use VerifyEmailError as E;
+        match error {
+            E::TokenInvalid => status(
+                Code::InvalidArgument,
+                "VERIFICATION_TOKEN_INVALID",
+                "the verification token is not valid",
+            ),
+            E::CodeInvalid => status(
+                Code::InvalidArgument,
+                "VERIFICATION_CODE_INVALID",
+                "the verification code is not valid for this address",
+            ),
+            E::Expired => status(
+                Code::FailedPrecondition,
+                "VERIFICATION_EXPIRED",
+                "the verification token or code has expired; request a new email",
+            ),
+            E::AlreadyVerified => status(
+                Code::FailedPrecondition,
+                "ALREADY_VERIFIED",
+                "this email address is already verified",
+            ),
+            E::TooManyAttempts => status(
+                Code::ResourceExhausted,
+                "TOO_MANY_ATTEMPTS",
+                "too many wrong codes; request a new verification email",
+            ),
+            E::Store(e) => e.into(),
+            E::Unexpected(e) => unexpected(e.as_ref()),
+        }
+    }
+}
+
+impl From<ResendError> for Status {
+    fn from(error: ResendError) -> Self {
+        match error {
+            ResendError::Store(e) => e.into(),
+            ResendError::Unexpected(e) => unexpected(e.as_ref()),
+        }
+    }
+}

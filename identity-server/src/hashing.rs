@@ -1,0 +1,236 @@
+//! Argon2id password hashing on a fixed pool of worker threads, off the async runtime.
+//!
+//! Why not `spawn_blocking` per hash: each worker owns one Argon2 memory buffer (19 MiB with the
+//! default parameters) and reuses it for every hash, so the memory spent on hashing is exactly
+//! `workers x m_cost`, whatever the load. Jobs wait in a bounded queue; when it is full,
+//! [`PasswordHasher::hash`] fails at once with [`HashError::Overloaded`] instead of queueing
+//! without bound, and the caller is told when to retry.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use argon2::{Algorithm, Argon2, Block, Params, Version, password_hash::phc};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::oneshot;
+use tracing::Span;
+
+use crate::domain::Password;
+
+/// How the pool hashes and how much it takes on.
+#[derive(Debug, Clone)]
+pub struct HashingConfig {
+    /// Argon2id parameters (OWASP: m=19456 KiB, t=2, p=1).
+    pub params: Params,
+    /// Worker threads, i.e. hashes computed at once. One per core is the sweet spot.
+    pub workers: usize,
+    /// Hashes allowed to wait for a worker; beyond that, callers are turned away.
+    pub queue: usize,
+}
+
+/// Why a hash was not produced.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Every worker is busy and the queue is full.
+    #[error("password hashing is saturated")]
+    Overloaded {
+        /// About when a place in the queue should be free.
+        retry_after: Duration,
+    },
+    /// The pool is gone or Argon2 refused its input; a bug, not a user error.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+struct Job {
+    password: SecretString,
+    reply: oneshot::Sender<anyhow::Result<String>>,
+    span: Span,
+}
+
+/// Handle to the hashing pool; cheap to clone. Workers stop when the last handle is dropped.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    jobs: mpsc::SyncSender<Job>,
+    config: Arc<HashingConfig>,
+    /// Duration of the latest hash, in microseconds, to estimate retry delays.
+    last_hash_micros: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordHasher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordHasher {
+    /// Starts `config.workers` threads.
+    pub fn start(config: HashingConfig) -> std::io::Result<Self> {
+        let workers = config.workers.max(1);
+        let (jobs, queue) = mpsc::sync_channel::<Job>(config.queue);
+        let queue = Arc::new(Mutex::new(queue));
+        let last_hash_micros = Arc::new(AtomicU64::new(30_000));
+        for index in 0..workers {
+            let queue = Arc::clone(&queue);
+            let params = config.params.clone();
+            let last = Arc::clone(&last_hash_micros);
+            thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || work(&queue, &params, &last))?;
+        }
+        Ok(Self {
+            jobs,
+            config: Arc::new(HashingConfig { workers, ..config }),
+            last_hash_micros,
+        })
+    }
+
+    /// Hashes `password` into an Argon2id PHC string, waiting for a worker if need be.
+    pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            password: SecretString::from(password.expose()),
+            reply,
+            span: Span::current(),
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(HashError::Overloaded {
+                    retry_after: self.retry_after(),
+                });
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(anyhow::anyhow!("the hashing workers have stopped").into());
+            }
+        }
+        let hashed = answer
+            .await
+            .map_err(|_| anyhow::anyhow!("a hashing worker dropped its job"))??;
+        Ok(hashed)
+    }
+
+    /// The time for a full queue to drain: a fair hint for an overloaded caller.
+    fn retry_after(&self) -> Duration {
+        let per_hash = Duration::from_micros(self.last_hash_micros.load(Ordering::Relaxed));
+        let rounds = self.config.queue.div_ceil(self.config.workers).max(1);
+        per_hash * u32::try_from(rounds).unwrap_or(u32::MAX)
+    }
+}
+
+/// A worker: takes jobs until every sender is gone, reusing one Argon2 memory buffer.
+fn work(queue: &Mutex<mpsc::Receiver<Job>>, params: &Params, last_hash_micros: &AtomicU64) {
+    let mut memory = vec![Block::default(); params.block_count()];
+    loop {
+        // Only the receive happens under the lock; hashing runs in parallel.
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = next else { return };
+        if job.reply.is_closed() {
+            continue; // The caller went away (deadline, cancellation): skip the work.
+        }
+        let _entered = job.span.enter();
+        let started = Instant::now();
+        let result = hash_with_memory(job.password.expose_secret(), params, &mut memory);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        last_hash_micros.store(micros, Ordering::Relaxed);
+        let _ = job.reply.send(result);
+    }
+}
+
+/// Argon2id over `memory`, formatted as a PHC string with a fresh 16-byte salt.
+pub fn hash_with_memory(
+    password: &str,
+    params: &Params,
+    memory: &mut [Block],
+) -> anyhow::Result<String> {
+    let mut salt = [0u8; phc::Salt::RECOMMENDED_LENGTH];
+    rand::fill(&mut salt);
+    let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut output, memory)
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+    let phc_hash = phc::PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: phc::ParamsString::try_from(params).map_err(|e| anyhow::anyhow!("phc: {e}"))?,
+        salt: Some(phc::Salt::new(&salt).map_err(|e| anyhow::anyhow!("phc: {e}"))?),
+        hash: Some(phc::Output::new(&output).map_err(|e| anyhow::anyhow!("phc: {e}"))?),
+    };
+    Ok(phc_hash.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use argon2::PasswordVerifier;
+
+    use super::*;
+
+    fn password(raw: &str) -> Password {
+        Password::parse(raw, &[]).expect("valid password")
+    }
+
+    #[tokio::test]
+    async fn hashes_are_owasp_argon2id_and_verify_with_the_argon2_crate() {
+        let hasher = PasswordHasher::start(HashingConfig {
+            params: Params::DEFAULT,
+            workers: 2,
+            queue: 4,
+        })
+        .expect("threads start");
+        let phc_string = hasher
+            .hash(password("tangerine-kettle-orbit"))
+            .await
+            .expect("hashes");
+        assert!(phc_string.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+
+        let parsed = argon2::PasswordHash::new(&phc_string).expect("valid PHC string");
+        let verifier = Argon2::default();
+        assert!(verifier.verify_password(b"tangerine-kettle-orbit", &parsed).is_ok());
+        assert!(verifier.verify_password(b"tangerine-kettle-orbiT", &parsed).is_err());
+
+        let again = hasher
+            .hash(password("tangerine-kettle-orbit"))
+            .await
+            .expect("hashes");
+        assert_ne!(again, phc_string, "every hash has its own salt");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_fails_fast_with_a_retry_hint() {
+        // One worker and one place in the queue: of 8 callers arriving together (each hash takes
+        // far longer than starting 8 tasks), one or two are served and the rest turned away.
+        let hasher = PasswordHasher::start(HashingConfig {
+            params: Params::new(64 * 1024, 8, 1, None).expect("valid params"),
+            workers: 1,
+            queue: 1,
+        })
+        .expect("threads start");
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash(password("tangerine-kettle-orbit")).await })
+            })
+            .collect();
+        let (mut hashed, mut overloaded) = (0, 0);
+        for caller in callers {
+            match caller.await.expect("task completes") {
+                Ok(_) => hashed += 1,
+                Err(HashError::Overloaded { retry_after }) => {
+                    assert!(!retry_after.is_zero(), "the hint says when to come back");
+                    overloaded += 1;
+                }
+                Err(HashError::Failed(e)) => panic!("unexpected failure: {e:#}"),
+            }
+        }
+        assert!((1..=2).contains(&hashed), "{hashed} callers were served");
+        assert_eq!(overloaded, 8 - hashed, "nobody waits in an unbounded queue");
+    }
+}

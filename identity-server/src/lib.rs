@@ -1,0 +1,19 @@
+//! identity-server: sign-up over gRPC, with a transactional outbox.
+//!
+//! - [`domain`]: parsed values (email, password, names, verification secrets); no I/O.
+//! - [`registration`]: the use cases (register, verify, resend) and their errors.
+//! - [`hashing`]: Argon2id on a bounded pool of worker threads.
+//! - [`db`]: the connection pool, migrations and queries.
+//! - [`grpc`]: tonic services and the one error-to-status mapping.
+//! - [`startup`]: builds and runs the server; [`cli`] reads the command line; [`telemetry`]
+//!   sets up logging; [`clock`] makes time a parameter.
+
+pub mod cli;
+pub mod clock;
+pub mod db;
+pub mod domain;
+pub mod grpc;
+pub mod hashing;
+pub mod registration;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,169 @@
+//! Builds the whole server from [`Settings`] and runs it until a shutdown signal: the listener,
+//! the pool, the hashing workers, and the tonic router with health, reflection and gRPC-Web.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{HeaderName, HeaderValue, Method};
+use identity_proto::identity::v1::registration_service_server::RegistrationServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    clock::Clock,
+    db,
+    domain::CodeKey,
+    grpc::RegistrationApi,
+    hashing::{HashingConfig, PasswordHasher},
+    registration::{self, Registration},
+};
+
+/// Everything the server needs to start.
+#[derive(Debug)]
+pub struct Settings {
+    /// Where to listen; port 0 picks a free port (see [`Application::local_addr`]).
+    pub grpc_addr: SocketAddr,
+    pub database: db::PoolConfig,
+    pub hashing: HashingConfig,
+    pub code_key: CodeKey,
+    pub registration: registration::Settings,
+    /// Browser origins allowed to call over gRPC-Web; empty allows none.
+    pub cors_allowed_origins: Vec<HeaderValue>,
+}
+
+/// A server bound to its port, ready to run.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    registration: Arc<Registration>,
+    cors_allowed_origins: Vec<HeaderValue>,
+}
+
+impl Application {
+    /// Binds the listener and builds the services. Does not touch the database, so the server
+    /// starts (and later recovers) whether or not it is reachable.
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database)?;
+        let hasher = PasswordHasher::start(settings.hashing)?;
+        let registration = Arc::new(Registration::new(
+            pool,
+            hasher,
+            settings.code_key,
+            clock,
+            settings.registration,
+        ));
+        let listener = TcpListener::bind(settings.grpc_addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            registration,
+            cors_allowed_origins: settings.cors_allowed_origins,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING and drains in-flight calls.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(identity_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(identity_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let registration = RegistrationServiceServer::new(RegistrationApi::new(self.registration));
+
+        tracing::info!(grpc.addr = %self.local_addr, "identity-server listening");
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        Server::builder()
+            // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
+            .accept_http1(true)
+            .layer(cors(self.cors_allowed_origins))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(registration)
+            .serve_with_incoming_shutdown(incoming, async {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight calls");
+                set_health(&health, ServingStatus::NotServing).await;
+            })
+            .await?;
+        tracing::info!("identity-server stopped");
+        Ok(())
+    }
+}
+
+/// Health of the whole server ("") and of each service, per the gRPC health protocol.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <RegistrationServiceServer<RegistrationApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// CORS for gRPC-Web callers in browsers; tonic-web does not answer preflight requests itself.
+fn cors(allowed_origins: Vec<HeaderValue>) -> CorsLayer {
+    const REQUEST_HEADERS: [&str; 6] = [
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "authorization",
+        "grpc-accept-encoding",
+    ];
+    const RESPONSE_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed_origins))
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(REQUEST_HEADERS.map(HeaderName::from_static))
+        .expose_headers(RESPONSE_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (Kubernetes stopping the pod).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error.message = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error.message = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,2 @@
+DROP TABLE verification_secrets;
+DROP TABLE users;

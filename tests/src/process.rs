@@ -1,0 +1,128 @@
+//! The built binaries, run as a user would run them, with their output captured.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+/// Path of a workspace binary in the same target directory as the running test
+/// (`target/debug/<name>`); `scripts/test` builds them with `cargo build --bins` first.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a binary to completion and returns its output.
+pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(binary(name))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// A running binary whose standard output and error are collected line by line. Killed when
+/// dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Starts `name` with `args` and extra environment variables.
+    pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(binary(name))
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout is piped")),
+            Box::new(child.stderr.take().expect("stderr is piped")),
+        ];
+        for stream in streams {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut output = output.lock().unwrap_or_else(PoisonError::into_inner);
+                    output.push_str(&line);
+                    output.push('\n');
+                }
+            });
+        }
+        Self { child, output }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until a printed line contains `needle` and returns that line; panics after
+    /// `timeout` or if the process exits first.
+    pub async fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let output = Arc::clone(&self.output);
+        let child = &mut self.child;
+        crate::wait::until(&format!("a line containing {needle:?}"), timeout, || {
+            let found = output
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .lines()
+                .find(|line| line.contains(needle))
+                .map(str::to_owned);
+            if found.is_none()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "the process exited ({status}) before printing {needle:?}:\n{}",
+                    output.lock().unwrap_or_else(PoisonError::into_inner)
+                );
+            }
+            std::future::ready(found)
+        })
+        .await
+    }
+
+    /// Sends SIGTERM and waits for the exit, returning whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "cannot signal {pid}");
+        self.child.wait().is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=` in a log line, up to the next white space.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    line[start..].split_whitespace().next()
+}
