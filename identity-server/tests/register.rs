@@ -1,0 +1,197 @@
+//! Register against a real PostgreSQL.
+
+mod support;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use identity_proto::identity::v1 as pb;
+use identity_server::{db::schema, hashing::HashingConfig};
+use sha2::{Digest, Sha256};
+use support::{PASSWORD, TestApp, assert_error, register_request, violated_fields};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+#[tokio::test]
+async fn registering_creates_a_pending_user_a_verification_secret_and_one_outbox_message() {
+    let app = TestApp::spawn().await;
+
+    let response = app.register("Ada@Example.com").await.expect("registers");
+
+    assert_eq!(response.status(), pb::UserStatus::PendingVerification);
+    let user_id: uuid::Uuid = response.user_id.parse().expect("user_id is a UUID");
+    assert_eq!(user_id.get_version_num(), 7);
+
+    let mut conn = app.conn().await;
+    let (email, status, hash, name, locale): (String, String, String, String, String) =
+        schema::users::table
+            .find(user_id)
+            .select((
+                schema::users::email,
+                schema::users::status,
+                schema::users::password_hash,
+                schema::users::display_name,
+                schema::users::locale,
+            ))
+            .first(&mut conn)
+            .await
+            .expect("the user row exists");
+    assert_eq!(email, "Ada@Example.com");
+    assert_eq!(status, "pending_verification");
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    assert!(!hash.contains(PASSWORD));
+    assert_eq!((name.as_str(), locale.as_str()), ("Ada Lovelace", "en"));
+
+    assert_eq!(app.count_outbox().await, 1);
+    let email = app.email_to("ada@example.com").await;
+    assert_eq!(email.recipient, "Ada@Example.com");
+    assert_eq!(email.display_name, "Ada Lovelace");
+    assert_eq!(email.locale, "en");
+    assert_eq!(email.code.len(), 6);
+    assert_eq!(email.expires_at, app.now() + time::Duration::hours(24));
+
+    // Only hashes are stored: the secret row holds SHA-256 of the token, not the token.
+    let (token_hash, expires_at): (Vec<u8>, time::OffsetDateTime) =
+        schema::verification_secrets::table
+            .filter(schema::verification_secrets::user_id.eq(user_id))
+            .select((
+                schema::verification_secrets::token_hash,
+                schema::verification_secrets::expires_at,
+            ))
+            .first(&mut conn)
+            .await
+            .expect("one verification secret");
+    assert_eq!(token_hash, Sha256::digest(email.token.as_bytes()).to_vec());
+    assert_eq!(expires_at, email.expires_at);
+}
+
+#[tokio::test]
+async fn every_invalid_field_is_rejected_with_a_violation_naming_it_and_nothing_is_written() {
+    let app = TestApp::spawn().await;
+    type Spoil = fn(&mut pb::RegisterRequest);
+    let cases: [(&str, Spoil); 8] = [
+        ("email", |r| r.email = "not-an-address".into()),
+        ("email", |r| r.email = format!("{}@example.com", "a".repeat(250))),
+        ("password", |r| r.password = "short".into()),
+        ("password", |r| r.password = "password123".into()),
+        ("password", |r| r.password = "x".repeat(257)),
+        ("display_name", |r| r.display_name = "   ".into()),
+        ("display_name", |r| r.display_name = "Ada\u{7}".into()),
+        ("locale", |r| r.locale = "not a locale".into()),
+    ];
+    for (field, spoil) in cases {
+        let mut request = register_request("ada@example.com");
+        spoil(&mut request);
+
+        let status = app.client.clone().register(request).await.expect_err("rejected");
+
+        assert_eq!(violated_fields(&status), [field], "{status:?}");
+        assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    }
+
+    let all_bad = pb::RegisterRequest {
+        email: "@".into(),
+        password: "1234".into(),
+        display_name: String::new(),
+        locale: "!!".into(),
+    };
+    let status = app.client.clone().register(all_bad).await.expect_err("rejected");
+    let mut fields = violated_fields(&status);
+    fields.sort();
+    assert_eq!(fields, ["display_name", "email", "locale", "password"]);
+
+    assert_eq!(app.count_users().await, 0);
+    assert_eq!(app.count_outbox().await, 0);
+}
+
+#[tokio::test]
+async fn error_messages_never_echo_the_password() {
+    let app = TestApp::spawn().await;
+    let mut request = register_request("ada@example.com");
+    request.password = "password1".into();
+
+    let status = app.client.clone().register(request).await.expect_err("rejected");
+
+    let everything = format!("{status:?} {:?}", status.get_error_details());
+    assert!(!everything.contains("password1"), "{everything}");
+}
+
+#[tokio::test]
+async fn registering_an_address_taken_in_another_letter_case_is_rejected() {
+    let app = TestApp::spawn().await;
+    app.register("grace@example.com").await.expect("first registration");
+
+    let status = app.register("GRACE@Example.COM").await.expect_err("duplicate");
+
+    assert_error(&status, Code::AlreadyExists, "EMAIL_ALREADY_REGISTERED");
+    assert_eq!(app.count_users().await, 1);
+    assert_eq!(app.count_outbox().await, 1);
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_registrations_of_one_address_create_exactly_one_user() {
+    let app = TestApp::spawn().await;
+    let attempts: Vec<_> = (0..32)
+        .map(|i| {
+            let client = app.client.clone();
+            // Mixed letter case, so the race is decided by the case-insensitive unique index.
+            let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+            tokio::spawn(async move { client.clone().register(register_request(email)).await })
+        })
+        .collect();
+
+    let (mut created, mut taken) = (0, 0);
+    for attempt in attempts {
+        match attempt.await.expect("task completes") {
+            Ok(_) => created += 1,
+            Err(status) => {
+                assert_error(&status, Code::AlreadyExists, "EMAIL_ALREADY_REGISTERED");
+                taken += 1;
+            }
+        }
+    }
+
+    assert_eq!((created, taken), (1, 31));
+    assert_eq!(app.count_users().await, 1);
+    assert_eq!(app.count_outbox().await, 1);
+}
+
+#[tokio::test]
+async fn a_full_hashing_queue_fails_fast_with_resource_exhausted_and_a_retry_delay() {
+    // One hashing worker, one place in the queue, and a slow hash: of 12 callers arriving
+    // together, at most two are served and the others are turned away at once.
+    let app = TestApp::spawn_with(|settings| {
+        settings.hashing = HashingConfig {
+            params: argon2::Params::new(64 * 1024, 6, 1, None).expect("valid params"),
+            workers: 1,
+            queue: 1,
+        };
+    })
+    .await;
+    let callers: Vec<_> = (0..12)
+        .map(|i| {
+            let client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .clone()
+                    .register(register_request(&format!("user{i}@example.com")))
+                    .await
+            })
+        })
+        .collect();
+
+    let (mut served, mut rejected) = (0, 0);
+    for caller in callers {
+        match caller.await.expect("task completes") {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+                let retry = status.get_details_retry_info().expect("RetryInfo is attached");
+                assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()));
+                rejected += 1;
+            }
+        }
+    }
+    assert!((1..=2).contains(&served), "{served} served");
+    assert_eq!(rejected, 12 - served);
+    assert_eq!(app.count_users().await, served);
+}

@@ -1,0 +1,238 @@
+//! An in-process server on a fresh database with a clock the test controls, and helpers to read
+//! what it wrote.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::{sync::Arc, time::Duration};
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use identity_proto::{
+    identity::v1::{self as pb, registration_service_client::RegistrationServiceClient},
+    outbox::EmailVerificationV1,
+};
+use identity_server::{
+    clock::ManualClock,
+    db::{self, schema},
+    domain::CodeKey,
+    hashing::HashingConfig,
+    registration,
+    startup::{Application, Settings},
+};
+use identity_tests::pg::TestDb;
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+/// A valid password that no policy objects to.
+pub const PASSWORD: &str = "tangerine-kettle-orbit-42";
+
+/// A server running in this process.
+pub struct TestApp {
+    pub db: TestDb,
+    pub clock: ManualClock,
+    pub client: RegistrationServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    /// A server with default settings on a fresh database.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose settings `customize` adjusts, on a fresh database.
+    pub async fn spawn_with(customize: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_on(TestDb::create().await, customize).await
+    }
+
+    /// A server on the given database.
+    pub async fn spawn_on(db: TestDb, customize: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings {
+            grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
+            database: db::PoolConfig {
+                url: SecretString::from(db.url.clone()),
+                max_size: 8,
+                timeout: Duration::from_secs(1),
+            },
+            hashing: HashingConfig {
+                params: argon2::Params::DEFAULT,
+                workers: 2,
+                queue: 64,
+            },
+            code_key: CodeKey::new(vec![42; 32]).expect("long enough"),
+            registration: registration::Settings::default(),
+            cors_allowed_origins: Vec::new(),
+        };
+        customize(&mut settings);
+        let clock = ManualClock::new(time::OffsetDateTime::now_utc());
+        let app = Application::build(settings, Arc::new(clock.clone()))
+            .await
+            .expect("server builds");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        let client = RegistrationServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("server accepts connections");
+        Self {
+            db,
+            clock,
+            client,
+            stop: Some(stop),
+        }
+    }
+
+    /// Registers `email` with valid other fields.
+    pub async fn register(&self, email: &str) -> Result<pb::RegisterResponse, Status> {
+        self.client
+            .clone()
+            .register(register_request(email))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn verify_token(&self, token: &str) -> Result<pb::VerifyEmailResponse, Status> {
+        self.verify(pb::verify_email_request::Proof::Token(token.into()))
+            .await
+    }
+
+    pub async fn verify_code(
+        &self,
+        email: &str,
+        code: &str,
+    ) -> Result<pb::VerifyEmailResponse, Status> {
+        self.verify(pb::verify_email_request::Proof::EmailCode(pb::EmailCode {
+            email: email.into(),
+            code: code.into(),
+        }))
+        .await
+    }
+
+    pub async fn verify(
+        &self,
+        proof: pb::verify_email_request::Proof,
+    ) -> Result<pb::VerifyEmailResponse, Status> {
+        self.client
+            .clone()
+            .verify_email(pb::VerifyEmailRequest { proof: Some(proof) })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn resend(&self, email: &str) -> Result<(), Status> {
+        self.client
+            .clone()
+            .resend_verification_email(pb::ResendVerificationEmailRequest {
+                email: email.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// What the server's clock shows.
+    pub fn now(&self) -> time::OffsetDateTime {
+        use identity_server::clock::Clock;
+        self.clock.now()
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        self.db.connect().await
+    }
+
+    /// Every verification email queued for `recipient`, oldest first.
+    pub async fn emails_to(&self, recipient: &str) -> Vec<EmailVerificationV1> {
+        use schema::outbox::dsl as o;
+        let payloads: Vec<serde_json::Value> = o::outbox
+            .filter(o::kind.eq(EmailVerificationV1::KIND))
+            .order(o::id.asc())
+            .select(o::payload)
+            .load(&mut self.conn().await)
+            .await
+            .expect("outbox is readable");
+        payloads
+            .into_iter()
+            .map(|p| serde_json::from_value::<EmailVerificationV1>(p).expect("payload parses"))
+            .filter(|p| p.recipient.eq_ignore_ascii_case(recipient))
+            .collect()
+    }
+
+    /// The only verification email queued for `recipient`.
+    pub async fn email_to(&self, recipient: &str) -> EmailVerificationV1 {
+        let mut emails = self.emails_to(recipient).await;
+        assert_eq!(emails.len(), 1, "expected one email to {recipient}");
+        emails.remove(0)
+    }
+
+    pub async fn count_users(&self) -> i64 {
+        schema::users::table
+            .count()
+            .get_result(&mut self.conn().await)
+            .await
+            .expect("users is readable")
+    }
+
+    pub async fn count_outbox(&self) -> i64 {
+        schema::outbox::table
+            .count()
+            .get_result(&mut self.conn().await)
+            .await
+            .expect("outbox is readable")
+    }
+
+    /// The stored status of the user with this address.
+    pub async fn status_of(&self, email: &str) -> String {
+        use schema::users::dsl as u;
+        u::users
+            .filter(u::email.eq(email))
+            .select(u::status)
+            .first(&mut self.conn().await)
+            .await
+            .expect("the user exists")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn register_request(email: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        display_name: "Ada Lovelace".into(),
+        locale: "en".into(),
+    }
+}
+
+/// Asserts `status` has `code` and an ErrorInfo with `reason` in the identity.v1 domain.
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason);
+    assert_eq!(info.domain, "identity.v1");
+}
+
+/// The fields named by the BadRequest violations of an INVALID_ARGUMENT status.
+#[track_caller]
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "unexpected status: {status:?}");
+    let bad_request = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    bad_request
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
