@@ -19,7 +19,10 @@ const SECRET_BEARING: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    println!("cargo:rerun-if-changed={}", proto_root.join("identity").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_root.join("identity").display()
+    );
 
     let mut compiler = protox::Compiler::new([&proto_root])?;
     compiler.include_imports(true).include_source_info(true);

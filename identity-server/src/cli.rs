@@ -28,7 +28,13 @@ pub struct Cli {
     command: Command,
 
     /// Log line format.
-    #[arg(long, env = "IDENTITY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "IDENTITY_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
 }
 
@@ -128,8 +134,14 @@ impl ServeArgs {
         let workers = self.hash_workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
-        anyhow::ensure!(self.verification_ttl_secs > 0, "the verification TTL must be positive");
-        anyhow::ensure!(self.resend_cooldown_secs >= 0, "the resend cooldown cannot be negative");
+        anyhow::ensure!(
+            self.verification_ttl_secs > 0,
+            "the verification TTL must be positive"
+        );
+        anyhow::ensure!(
+            self.resend_cooldown_secs >= 0,
+            "the resend cooldown cannot be negative"
+        );
         Ok(Settings {
             grpc_addr: self.grpc_addr,
             database: db::PoolConfig {
@@ -157,7 +169,10 @@ impl Cli {
     /// Runs the chosen command; errors are logged and turn into a failing exit code.
     pub fn run(self) -> ExitCode {
         telemetry::init(self.log_format);
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(e) => {
                 tracing::error!(error.message = %e, "cannot start the async runtime");

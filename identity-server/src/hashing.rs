@@ -193,8 +193,16 @@ mod tests {
 
         let parsed = argon2::PasswordHash::new(&phc_string).expect("valid PHC string");
         let verifier = Argon2::default();
-        assert!(verifier.verify_password(b"tangerine-kettle-orbit", &parsed).is_ok());
-        assert!(verifier.verify_password(b"tangerine-kettle-orbiT", &parsed).is_err());
+        assert!(
+            verifier
+                .verify_password(b"tangerine-kettle-orbit", &parsed)
+                .is_ok()
+        );
+        assert!(
+            verifier
+                .verify_password(b"tangerine-kettle-orbiT", &parsed)
+                .is_err()
+        );
 
         let again = hasher
             .hash(password("tangerine-kettle-orbit"))

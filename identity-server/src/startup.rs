@@ -19,6 +19,10 @@ use crate::{
     registration::{self, Registration},
 };
 
+/// How long in-flight calls may take to finish once shutdown starts (Kubernetes gives a pod
+/// 30 s between SIGTERM and SIGKILL by default).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Everything the server needs to start.
 #[derive(Debug)]
 pub struct Settings {
@@ -90,7 +94,8 @@ impl Application {
 
         tracing::info!(grpc.addr = %self.local_addr, "identity-server listening");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        Server::builder()
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let serve = Server::builder()
             // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
             .accept_http1(true)
             .layer(cors(self.cors_allowed_origins))
@@ -99,12 +104,28 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(registration)
-            .serve_with_incoming_shutdown(incoming, async {
-                shutdown.await;
-                tracing::info!("shutting down: draining in-flight calls");
-                set_health(&health, ServingStatus::NotServing).await;
-            })
-            .await?;
+            .serve_with_incoming_shutdown(incoming, {
+                let stopping = Arc::clone(&stopping);
+                async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: draining in-flight calls");
+                    set_health(&health, ServingStatus::NotServing).await;
+                    stopping.notify_one();
+                }
+            });
+        // Draining waits for clients to close their connections; a client that never does
+        // must not keep the process alive past the grace period.
+        let grace_elapsed = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            served = serve => served?,
+            () = grace_elapsed => tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "connections still open after the grace period; closing them"
+            ),
+        }
         tracing::info!("identity-server stopped");
         Ok(())
     }

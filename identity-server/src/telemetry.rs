@@ -1,6 +1,8 @@
 //! One function builds the tracing subscriber: human-readable text for a terminal, JSON lines
 //! for log collectors. The filter comes from `RUST_LOG` (default `info`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// How log lines look.
@@ -18,7 +20,11 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Json => registry
             .with(

@@ -37,7 +37,10 @@ async fn registering_creates_a_pending_user_a_verification_secret_and_one_outbox
             .expect("the user row exists");
     assert_eq!(email, "Ada@Example.com");
     assert_eq!(status, "pending_verification");
-    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
     assert!(!hash.contains(PASSWORD));
     assert_eq!((name.as_str(), locale.as_str()), ("Ada Lovelace", "en"));
 
@@ -70,7 +73,9 @@ async fn every_invalid_field_is_rejected_with_a_violation_naming_it_and_nothing_
     type Spoil = fn(&mut pb::RegisterRequest);
     let cases: [(&str, Spoil); 8] = [
         ("email", |r| r.email = "not-an-address".into()),
-        ("email", |r| r.email = format!("{}@example.com", "a".repeat(250))),
+        ("email", |r| {
+            r.email = format!("{}@example.com", "a".repeat(250))
+        }),
         ("password", |r| r.password = "short".into()),
         ("password", |r| r.password = "password123".into()),
         ("password", |r| r.password = "x".repeat(257)),
@@ -82,7 +87,12 @@ async fn every_invalid_field_is_rejected_with_a_violation_naming_it_and_nothing_
         let mut request = register_request("ada@example.com");
         spoil(&mut request);
 
-        let status = app.client.clone().register(request).await.expect_err("rejected");
+        let status = app
+            .client
+            .clone()
+            .register(request)
+            .await
+            .expect_err("rejected");
 
         assert_eq!(violated_fields(&status), [field], "{status:?}");
         assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
@@ -94,7 +104,12 @@ async fn every_invalid_field_is_rejected_with_a_violation_naming_it_and_nothing_
         display_name: String::new(),
         locale: "!!".into(),
     };
-    let status = app.client.clone().register(all_bad).await.expect_err("rejected");
+    let status = app
+        .client
+        .clone()
+        .register(all_bad)
+        .await
+        .expect_err("rejected");
     let mut fields = violated_fields(&status);
     fields.sort();
     assert_eq!(fields, ["display_name", "email", "locale", "password"]);
@@ -109,7 +124,12 @@ async fn error_messages_never_echo_the_password() {
     let mut request = register_request("ada@example.com");
     request.password = "password1".into();
 
-    let status = app.client.clone().register(request).await.expect_err("rejected");
+    let status = app
+        .client
+        .clone()
+        .register(request)
+        .await
+        .expect_err("rejected");
 
     let everything = format!("{status:?} {:?}", status.get_error_details());
     assert!(!everything.contains("password1"), "{everything}");
@@ -118,9 +138,14 @@ async fn error_messages_never_echo_the_password() {
 #[tokio::test]
 async fn registering_an_address_taken_in_another_letter_case_is_rejected() {
     let app = TestApp::spawn().await;
-    app.register("grace@example.com").await.expect("first registration");
+    app.register("grace@example.com")
+        .await
+        .expect("first registration");
 
-    let status = app.register("GRACE@Example.COM").await.expect_err("duplicate");
+    let status = app
+        .register("GRACE@Example.COM")
+        .await
+        .expect_err("duplicate");
 
     assert_error(&status, Code::AlreadyExists, "EMAIL_ALREADY_REGISTERED");
     assert_eq!(app.count_users().await, 1);
@@ -134,7 +159,11 @@ async fn thirty_two_concurrent_registrations_of_one_address_create_exactly_one_u
         .map(|i| {
             let client = app.client.clone();
             // Mixed letter case, so the race is decided by the case-insensitive unique index.
-            let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+            let email = if i % 2 == 0 {
+                "race@example.com"
+            } else {
+                "RACE@example.com"
+            };
             tokio::spawn(async move { client.clone().register(register_request(email)).await })
         })
         .collect();
@@ -185,7 +214,9 @@ async fn a_full_hashing_queue_fails_fast_with_resource_exhausted_and_a_retry_del
             Ok(_) => served += 1,
             Err(status) => {
                 assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
-                let retry = status.get_details_retry_info().expect("RetryInfo is attached");
+                let retry = status
+                    .get_details_retry_info()
+                    .expect("RetryInfo is attached");
                 assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()));
                 rejected += 1;
             }

@@ -55,9 +55,15 @@ async fn an_expired_token_or_code_is_rejected_and_the_user_stays_pending() {
 
     let by_token = app.verify_token(&email.token).await.expect_err("expired");
     assert_error(&by_token, Code::FailedPrecondition, "VERIFICATION_EXPIRED");
-    let by_code = app.verify_code("ada@example.com", &email.code).await.expect_err("expired");
+    let by_code = app
+        .verify_code("ada@example.com", &email.code)
+        .await
+        .expect_err("expired");
     assert_error(&by_code, Code::FailedPrecondition, "VERIFICATION_EXPIRED");
-    assert_eq!(app.status_of("ada@example.com").await, "pending_verification");
+    assert_eq!(
+        app.status_of("ada@example.com").await,
+        "pending_verification"
+    );
 }
 
 #[tokio::test]
@@ -69,7 +75,10 @@ async fn a_used_token_or_code_is_rejected_as_already_verified() {
 
     let again = app.verify_token(&email.token).await.expect_err("reused");
     assert_error(&again, Code::FailedPrecondition, "ALREADY_VERIFIED");
-    let code = app.verify_code("ada@example.com", &email.code).await.expect_err("consumed");
+    let code = app
+        .verify_code("ada@example.com", &email.code)
+        .await
+        .expect_err("consumed");
     assert_error(&code, Code::FailedPrecondition, "ALREADY_VERIFIED");
 }
 
@@ -93,7 +102,10 @@ async fn unknown_tokens_and_wrong_codes_are_rejected_alike_for_known_and_unknown
         .await
         .expect_err("unknown address");
     assert_error(&nobody, Code::InvalidArgument, "VERIFICATION_CODE_INVALID");
-    assert_eq!(app.status_of("ada@example.com").await, "pending_verification");
+    assert_eq!(
+        app.status_of("ada@example.com").await,
+        "pending_verification"
+    );
 }
 
 #[tokio::test]
@@ -102,10 +114,16 @@ async fn malformed_proofs_are_bad_requests_naming_the_field() {
 
     let short_token = app.verify_token("too-short").await.expect_err("malformed");
     assert_eq!(violated_fields(&short_token), ["token"]);
-    let letters = app.verify_code("ada@example.com", "12ab56").await.expect_err("malformed");
+    let letters = app
+        .verify_code("ada@example.com", "12ab56")
+        .await
+        .expect_err("malformed");
     assert_eq!(violated_fields(&letters), ["email_code.code"]);
     let both = app.verify_code("ada", "1").await.expect_err("malformed");
-    assert_eq!(violated_fields(&both), ["email_code.email", "email_code.code"]);
+    assert_eq!(
+        violated_fields(&both),
+        ["email_code.email", "email_code.code"]
+    );
     let nothing = app
         .client
         .clone()
@@ -123,20 +141,34 @@ async fn the_sixth_wrong_code_gives_too_many_attempts_and_locks_the_code() {
     let wrong = other_code(&email.code);
 
     for attempt in 1..=5 {
-        let status = app.verify_code("ada@example.com", &wrong).await.expect_err("wrong");
+        let status = app
+            .verify_code("ada@example.com", &wrong)
+            .await
+            .expect_err("wrong");
         assert_error(&status, Code::InvalidArgument, "VERIFICATION_CODE_INVALID");
         let _ = attempt;
     }
-    let sixth = app.verify_code("ada@example.com", &wrong).await.expect_err("locked");
+    let sixth = app
+        .verify_code("ada@example.com", &wrong)
+        .await
+        .expect_err("locked");
     assert_error(&sixth, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
 
     // Even the right code no longer works, or guessing could go on forever.
-    let right = app.verify_code("ada@example.com", &email.code).await.expect_err("locked");
+    let right = app
+        .verify_code("ada@example.com", &email.code)
+        .await
+        .expect_err("locked");
     assert_error(&right, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
-    assert_eq!(app.status_of("ada@example.com").await, "pending_verification");
+    assert_eq!(
+        app.status_of("ada@example.com").await,
+        "pending_verification"
+    );
 
     // The link cannot be guessed, so it still works.
-    app.verify_token(&email.token).await.expect("the link still verifies");
+    app.verify_token(&email.token)
+        .await
+        .expect("the link still verifies");
 }
 
 #[tokio::test]
@@ -164,7 +196,10 @@ async fn after_a_resend_the_old_and_the_new_pair_both_work_until_one_is_used() {
         .expect("the new token works");
 
     // Using one pair consumed the other.
-    let status = app.verify_token(&old_pair[1].token).await.expect_err("consumed");
+    let status = app
+        .verify_token(&old_pair[1].token)
+        .await
+        .expect_err("consumed");
     assert_error(&status, Code::FailedPrecondition, "ALREADY_VERIFIED");
     let status = app
         .verify_code("new@example.com", &new_pair[0].code)

@@ -14,7 +14,8 @@ use std::{
 use anyhow::{Context, bail};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{
-    AsyncConnection, AsyncPgConnection, RunQueryDsl, async_connection_wrapper::AsyncConnectionWrapper,
+    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    async_connection_wrapper::AsyncConnectionWrapper,
 };
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 use sha2::{Digest, Sha256};
@@ -36,9 +37,13 @@ pub fn admin_url() -> String {
 
 /// `url` with its database name replaced by `database`.
 pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{database}", &base[..path_start]);
     if let Some(query) = query {
         out.push('?');
@@ -76,6 +81,23 @@ impl TestDb {
             url: with_database(admin_url, &name),
             name,
         })
+    }
+
+    /// Creates an empty database (no schema), for tests of the migrate command.
+    pub async fn create_empty() -> Self {
+        let admin_url = admin_url();
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = AsyncPgConnection::establish(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL: {e}"));
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create {name}: {e}"));
+        Self {
+            url: with_database(&admin_url, &name),
+            name,
+        }
     }
 
     /// A new connection to this database.
@@ -184,7 +206,8 @@ impl Cluster {
     /// Creates and starts a cluster on a free port.
     pub fn start() -> anyhow::Result<Self> {
         let bindir = pg_bindir()?;
-        let dir = std::env::temp_dir().join(format!("identity-pg-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("identity-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         let as_postgres = is_root();
         if as_postgres {
@@ -215,7 +238,10 @@ impl Cluster {
 
     /// Stops the server (fast shutdown: open connections are cut).
     pub fn stop(&self) -> anyhow::Result<()> {
-        self.pg(&format!("pg_ctl -D {} -m fast -w stop >/dev/null", self.data().display()))
+        self.pg(&format!(
+            "pg_ctl -D {} -m fast -w stop >/dev/null",
+            self.data().display()
+        ))
     }
 
     /// Starts the server again on the same port, and waits until it accepts connections.
@@ -244,13 +270,18 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.pg(&format!("pg_ctl -D {} -m immediate stop >/dev/null 2>&1", self.data().display()));
+        let _ = self.pg(&format!(
+            "pg_ctl -D {} -m immediate stop >/dev/null 2>&1",
+            self.data().display()
+        ));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
         bail!(
             "{command:?} failed: {}{}",
@@ -266,13 +297,17 @@ fn pg_bindir() -> anyhow::Result<PathBuf> {
         return Ok(dir.into());
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| dirs.filter_map(|d| d.ok()).map(|d| d.path().join("bin")).collect())
+        .map(|dirs| {
+            dirs.filter_map(|d| d.ok())
+                .map(|d| d.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     candidates.retain(|dir| dir.join("initdb").exists());
     candidates.sort();
-    candidates
-        .pop()
-        .context("no PostgreSQL server binaries: set PG_BINDIR or run scripts/test, which installs them")
+    candidates.pop().context(
+        "no PostgreSQL server binaries: set PG_BINDIR or run scripts/test, which installs them",
+    )
 }
 
 fn is_root() -> bool {
@@ -284,7 +319,9 @@ fn is_root() -> bool {
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[cfg(test)]

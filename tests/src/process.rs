@@ -105,12 +105,18 @@ impl Process {
         .await
     }
 
-    /// Sends SIGTERM and waits for the exit, returning whether it exited successfully.
-    pub fn terminate(&mut self) -> bool {
+    /// Sends SIGTERM and waits (without blocking the runtime) up to `timeout` for the exit;
+    /// returns whether the process exited successfully.
+    pub async fn terminate(&mut self, timeout: Duration) -> bool {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "cannot signal {pid}");
-        self.child.wait().is_ok_and(|status| status.success())
+        let child = &mut self.child;
+        let status = crate::wait::until("the process to exit", timeout, || {
+            std::future::ready(child.try_wait().ok().flatten())
+        })
+        .await;
+        status.success()
     }
 }
 

@@ -127,7 +127,8 @@ pub fn is_unique_violation(error: &DieselError, constraint: &str) -> bool {
 pub async fn run_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
     let url = url.expose_secret().to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
@@ -140,7 +141,8 @@ pub async fn run_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
 pub async fn pending_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
     let url = url.expose_secret().to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
         let pending = conn
             .pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;

@@ -32,7 +32,10 @@ impl std::fmt::Debug for NewMessage<'_> {
 
 /// Adds `message` to the outbox within the caller's transaction and wakes the relay, whose
 /// notification PostgreSQL delivers only if, and when, that transaction commits.
-pub async fn enqueue(conn: &mut AsyncPgConnection, message: &NewMessage<'_>) -> Result<(), StoreError> {
+pub async fn enqueue(
+    conn: &mut AsyncPgConnection,
+    message: &NewMessage<'_>,
+) -> Result<(), StoreError> {
     diesel::insert_into(outbox::table)
         .values(message)
         .execute(conn)

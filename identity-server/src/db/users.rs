@@ -60,8 +60,15 @@ pub enum InsertUserError {
 }
 
 /// Inserts `user`; the unique index, not a prior look-up, decides who wins a race.
-pub async fn insert(conn: &mut AsyncPgConnection, user: &NewUser<'_>) -> Result<(), InsertUserError> {
-    match diesel::insert_into(users::table).values(user).execute(conn).await {
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    user: &NewUser<'_>,
+) -> Result<(), InsertUserError> {
+    match diesel::insert_into(users::table)
+        .values(user)
+        .execute(conn)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if is_unique_violation(&e, EMAIL_UNIQUE_INDEX) => Err(InsertUserError::EmailTaken),
         Err(e) => Err(StoreError::from(e).into()),

@@ -46,7 +46,10 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Inserts a secret.
-pub async fn insert(conn: &mut AsyncPgConnection, secret: &NewSecret<'_>) -> Result<(), StoreError> {
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    secret: &NewSecret<'_>,
+) -> Result<(), StoreError> {
     diesel::insert_into(secrets::table)
         .values(secret)
         .execute(conn)
@@ -68,7 +71,10 @@ pub async fn find_by_token(
 }
 
 /// Every secret of a user, newest first.
-pub async fn of_user(conn: &mut AsyncPgConnection, user_id: Uuid) -> Result<Vec<Secret>, StoreError> {
+pub async fn of_user(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+) -> Result<Vec<Secret>, StoreError> {
     Ok(secrets::table
         .filter(secrets::user_id.eq(user_id))
         .order(secrets::created_at.desc())
@@ -105,7 +111,10 @@ pub async fn consume_all(
 }
 
 /// Counts one wrong code against each of `ids`.
-pub async fn record_wrong_code(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<(), StoreError> {
+pub async fn record_wrong_code(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> Result<(), StoreError> {
     diesel::update(secrets::table)
         .filter(secrets::id.eq_any(ids))
         .set(secrets::failed_code_attempts.eq(secrets::failed_code_attempts + 1))

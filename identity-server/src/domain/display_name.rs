@@ -37,9 +37,17 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_checked() {
-        assert_eq!(DisplayName::parse("  Ada Lovelace ").expect("valid").as_ref(), "Ada Lovelace");
+        assert_eq!(
+            DisplayName::parse("  Ada Lovelace ")
+                .expect("valid")
+                .as_ref(),
+            "Ada Lovelace"
+        );
         assert_eq!(DisplayName::parse(" \t"), Err(Invalid("is required")));
-        assert_eq!(DisplayName::parse("Ada\u{0}"), Err(Invalid("must not contain control characters")));
+        assert_eq!(
+            DisplayName::parse("Ada\u{0}"),
+            Err(Invalid("must not contain control characters"))
+        );
         assert!(DisplayName::parse(&"é".repeat(100)).is_ok());
         assert!(DisplayName::parse(&"é".repeat(101)).is_err());
     }

@@ -61,13 +61,21 @@ mod tests {
             "ada@[127.0.0.1]",
             "ada lovelace@example.com",
         ] {
-            assert!(EmailAddress::parse(raw).is_err(), "{raw:?} should be rejected");
+            assert!(
+                EmailAddress::parse(raw).is_err(),
+                "{raw:?} should be rejected"
+            );
         }
     }
 
     #[test]
     fn addresses_longer_than_254_octets_are_rejected() {
-        let domain = format!("{}.{}.{}.com", "a".repeat(63), "b".repeat(63), "c".repeat(63));
+        let domain = format!(
+            "{}.{}.{}.com",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63)
+        );
         let fits = format!("{}@{domain}", "x".repeat(254 - domain.len() - 1));
         assert_eq!(fits.len(), 254);
         assert!(EmailAddress::parse(&fits).is_ok());

@@ -65,8 +65,17 @@ mod tests {
 
     #[test]
     fn common_and_contextual_passwords_are_rejected() {
-        for common in ["password", "password123", "12345678", "qwertyuiop", "iloveyou1"] {
-            assert!(Password::parse(common, &[]).is_err(), "{common} should be rejected");
+        for common in [
+            "password",
+            "password123",
+            "12345678",
+            "qwertyuiop",
+            "iloveyou1",
+        ] {
+            assert!(
+                Password::parse(common, &[]).is_err(),
+                "{common} should be rejected"
+            );
         }
         let strong_elsewhere = "quillfeatherington";
         assert!(Password::parse(strong_elsewhere, &[]).is_ok());

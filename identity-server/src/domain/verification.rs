@@ -35,7 +35,9 @@ impl VerificationToken {
                 .decode(raw)
                 .is_ok_and(|bytes| bytes.len() == Self::BYTES);
         if !well_formed {
-            return Err(Invalid("must be the 43-character token from the verification link"));
+            return Err(Invalid(
+                "must be the 43-character token from the verification link",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -164,12 +166,23 @@ mod tests {
     fn generated_codes_are_six_digits() {
         for _ in 0..1000 {
             let code = VerificationCode::generate();
-            assert_eq!(VerificationCode::parse(code.expose()).expect("round trip"), code);
+            assert_eq!(
+                VerificationCode::parse(code.expose()).expect("round trip"),
+                code
+            );
         }
         assert!(VerificationCode::parse("12345").is_err());
         assert!(VerificationCode::parse("12345a").is_err());
-        assert!(VerificationCode::parse("١٢٣٤٥٦").is_err(), "only ASCII digits");
-        assert_eq!(VerificationCode::parse(" 012345 ").expect("trimmed").expose(), "012345");
+        assert!(
+            VerificationCode::parse("١٢٣٤٥٦").is_err(),
+            "only ASCII digits"
+        );
+        assert_eq!(
+            VerificationCode::parse(" 012345 ")
+                .expect("trimmed")
+                .expose(),
+            "012345"
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@ use diesel_async::AsyncConnection;
 use tracing::field;
 
 use super::{Recipient, Registration};
-use crate::{db::{self, StoreError}, domain::EmailAddress};
+use crate::{
+    db::{self, StoreError},
+    domain::EmailAddress,
+};
 
 /// What a resend did. The caller is told nothing of it (the API answers OK either way); it is
 /// for logs and tests.

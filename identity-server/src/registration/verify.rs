@@ -138,7 +138,10 @@ impl Registration {
             .map(|s| s.id)
             .collect();
         if open.is_empty() {
-            let locked = secrets.iter().filter(live).any(|s| s.failed_code_attempts >= max);
+            let locked = secrets
+                .iter()
+                .filter(live)
+                .any(|s| s.failed_code_attempts >= max);
             let verdict = if locked {
                 VerifyEmailError::TooManyAttempts
             } else {

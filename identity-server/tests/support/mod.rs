@@ -226,7 +226,11 @@ pub fn assert_error(status: &Status, code: Code, reason: &str) {
 /// The fields named by the BadRequest violations of an INVALID_ARGUMENT status.
 #[track_caller]
 pub fn violated_fields(status: &Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "unexpected status: {status:?}");
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "unexpected status: {status:?}"
+    );
     let bad_request = status
         .get_details_bad_request()
         .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));

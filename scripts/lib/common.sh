@@ -1,0 +1,63 @@
+# shellcheck shell=bash
+# Shared helpers for the scripts in scripts/. Source it; do not run it.
+# Sets REPO (the repository root) unless the caller already did.
+
+: "${REPO:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+
+# cargo install puts tools (diesel) here; make sure we find them.
+PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# A visible header for each step of a script.
+step() {
+  if [[ -t 2 ]]; then printf '\n\033[1;34m==> %s\033[0m\n' "$*" >&2
+  else printf '\n==> %s\n' "$*" >&2; fi
+}
+
+# apt_install PKG...: install Debian packages non-interactively (root only).
+# Runs `apt-get update` at most once per script run.
+_apt_updated=0
+apt_install() {
+  if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    die "please install these packages: $*"
+  fi
+  if [[ $_apt_updated -eq 0 ]]; then
+    apt-get update -qq
+    _apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# ensure_buf: the buf CLI pinned in package.json / package-lock.json.
+# Sets BUF to its path.
+ensure_buf() {
+  # shellcheck disable=SC2034 # for the caller
+  BUF="$REPO/node_modules/.bin/buf"
+  if [[ ! -x $BUF ]]; then
+    command -v npm >/dev/null || die "npm is needed to install buf (install Node.js)"
+    mkdir -p "$REPO/.local"
+    # npm ci refuses a lock file that lacks some of buf's per-platform optional packages (the
+    # registry reachable when the lock was made had only the Linux ones); then install the
+    # same pinned version (package.json says exactly 1.75.0) without touching the lock file.
+    if ! (cd "$REPO" && npm ci --no-audit --no-fund >"$REPO/.local/npm-ci.log" 2>&1); then
+      log "npm ci failed (see .local/npm-ci.log); using npm install --no-save instead"
+      (cd "$REPO" && npm install --no-audit --no-fund --no-save)
+    fi
+  fi
+}
+
+# ensure_diesel: the diesel CLI (2.3, PostgreSQL only). Sets DIESEL.
+ensure_diesel() {
+  if ! command -v diesel >/dev/null; then
+    # diesel_cli links libpq; its headers and link library come from libpq-dev.
+    if command -v dpkg >/dev/null && ! dpkg -s libpq-dev >/dev/null 2>&1; then
+      apt_install libpq-dev
+    fi
+    log "installing diesel_cli (takes a few minutes, once)"
+    cargo install diesel_cli --version '^2.3' --no-default-features --features postgres --locked
+  fi
+  # shellcheck disable=SC2034 # for the caller
+  DIESEL=$(command -v diesel)
+}
