@@ -226,3 +226,47 @@ async fn a_full_hashing_queue_fails_fast_with_resource_exhausted_and_a_retry_del
     assert_eq!(rejected, 12 - served);
     assert_eq!(app.count_users().await, served);
 }
+
+#[tokio::test]
+async fn a_registration_notifies_the_relay_channel_on_commit_and_a_rejected_one_does_not() {
+    use futures_util::StreamExt;
+
+    let app = TestApp::spawn().await;
+    let mut listener = app.conn().await;
+    diesel::sql_query(format!("LISTEN {}", identity_proto::outbox::NOTIFY_CHANNEL))
+        .execute(&mut listener)
+        .await
+        .expect("listens");
+
+    app.register("ada@example.com").await.expect("registers");
+    app.register("ADA@example.com")
+        .await
+        .expect_err("duplicate");
+    // Notifications arrive in commit order: if the rejected registration had notified, its
+    // notification would come before this marker.
+    diesel::sql_query("SELECT pg_notify($1, 'marker')")
+        .bind::<diesel::sql_types::Text, _>(identity_proto::outbox::NOTIFY_CHANNEL)
+        .execute(&mut app.conn().await)
+        .await
+        .expect("notifies");
+
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), notifications.next())
+            .await
+            .expect("a notification arrives")
+            .expect("the stream is open")
+            .expect("a valid notification")
+    };
+    let from_registration = next().await;
+    assert_eq!(
+        from_registration.channel,
+        identity_proto::outbox::NOTIFY_CHANNEL
+    );
+    assert_eq!(from_registration.payload, "");
+    assert_eq!(
+        next().await.payload,
+        "marker",
+        "the rejected registration sent nothing"
+    );
+}
