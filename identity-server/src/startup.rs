@@ -8,7 +8,11 @@ use identity_proto::identity::v1::registration_service_server::RegistrationServi
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer},
+};
+use tracing::Level;
 
 use crate::{
     clock::Clock,
@@ -98,6 +102,14 @@ impl Application {
         let serve = Server::builder()
             // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
             .accept_http1(true)
+            // A span per call naming the RPC, so every log line of a call says which one it was.
+            // Failed statuses are logged at DEBUG here: a caller's mistake is not an error of
+            // ours, and real faults are logged at ERROR by the status mapping (grpc/error.rs).
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
             .layer(cors(self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)

@@ -190,12 +190,7 @@ async fn closed_loop(
             tally
         });
     }
-    let mut total = Tally::default();
-    while let Some(done) = tasks.join_next().await {
-        total.merge(done.unwrap_or_default());
-    }
-    total.elapsed = started.elapsed();
-    total
+    gather(tasks, started).await
 }
 
 /// Arrivals at a fixed `rate` per second for `duration`, whatever the latency.
@@ -219,6 +214,11 @@ async fn open_loop(
             tally
         });
     }
+    gather(tasks, started).await
+}
+
+/// Waits for every caller and adds up what they saw.
+async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
     let mut total = Tally::default();
     while let Some(done) = tasks.join_next().await {
         total.merge(done.unwrap_or_default());
