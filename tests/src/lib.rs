@@ -4,8 +4,13 @@
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
 //!   throwaway clusters a test may stop and start.
 //! - [`process`]: runs the built binaries as a user would and captures their logs.
+//! - [`server`]: `identity-server` migrated and serving on a free port.
+//! - [`smtp`]: a real SMTP server over TCP that records what it accepts, answers as a test
+//!   scripts it (451 twice, then accept; 550), can require AUTH, and can be stopped and restarted.
 //! - [`wait`]: waits for a condition with a deadline, never a bare sleep.
 
 pub mod pg;
 pub mod process;
+pub mod server;
+pub mod smtp;
 pub mod wait;

@@ -120,6 +120,19 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything printed so far, counting the lines that contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.output().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();

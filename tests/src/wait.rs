@@ -1,13 +1,13 @@
 //! Waiting on conditions with a deadline.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
-/// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
+/// Runs `check` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {

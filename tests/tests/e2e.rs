@@ -3,88 +3,13 @@
 
 use std::time::Duration;
 
-use diesel::{QueryableByName, sql_types::Jsonb};
-use diesel_async::RunQueryDsl;
-use identity_proto::{
-    identity::v1::{self as pb, registration_service_client::RegistrationServiceClient},
-    outbox::EmailVerificationV1,
-};
-use identity_tests::{
-    pg::TestDb,
-    process::{self, Process},
-};
+use identity_proto::identity::v1 as pb;
+use identity_tests::{pg::TestDb, process, server::Server};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel;
 
 const PASSWORD: &str = "tangerine-kettle-orbit-42";
-const CODE_KEY: &str = "e2e-code-key-0123456789abcdef0123456789";
-
-/// `identity-server serve` on a migrated database, and where it listens.
-struct Server {
-    process: Process,
-    addr: String,
-    db: TestDb,
-}
-
-impl Server {
-    /// Migrates a new empty database with `identity-server migrate`, then serves on port 0.
-    async fn start(extra_env: &[(&str, &str)]) -> Self {
-        let db = TestDb::create_empty().await;
-        let migrate = process::run(
-            "identity-server",
-            &["migrate"],
-            &[("DATABASE_URL", &db.url)],
-        );
-        assert!(migrate.status.success(), "migrate failed: {migrate:?}");
-
-        let mut env = vec![
-            ("DATABASE_URL", db.url.as_str()),
-            ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
-            ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
-        ];
-        env.extend_from_slice(extra_env);
-        let mut process = Process::spawn("identity-server", &["serve"], &env);
-        let line = process
-            .wait_for_line("identity-server listening", Duration::from_secs(30))
-            .await;
-        let addr = process::field(&line, "grpc.addr")
-            .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
-            .to_owned();
-        Self { process, addr, db }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("valid URI")
-            .connect()
-            .await
-            .expect("the server accepts connections")
-    }
-
-    async fn registration(&self) -> RegistrationServiceClient<Channel> {
-        RegistrationServiceClient::new(self.channel().await)
-    }
-
-    /// The verification emails queued for `recipient`, oldest first.
-    async fn emails_to(&self, recipient: &str) -> Vec<EmailVerificationV1> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Jsonb)]
-            payload: serde_json::Value,
-        }
-        let rows: Vec<Row> = diesel::sql_query(
-            "SELECT payload FROM outbox WHERE payload->>'recipient' = $1 ORDER BY id",
-        )
-        .bind::<diesel::sql_types::Text, _>(recipient)
-        .load(&mut self.db.connect().await)
-        .await
-        .expect("outbox is readable");
-        rows.into_iter()
-            .map(|row| serde_json::from_value(row.payload).expect("payload parses"))
-            .collect()
-    }
-}
+const CODE_KEY: &str = identity_tests::server::CODE_KEY;
 
 fn register_request(email: &str) -> pb::RegisterRequest {
     pb::RegisterRequest {

@@ -1,0 +1,237 @@
+//! The command line: `outbox-relay serve`. Every option can also come from the environment
+//! variable named in `--help`.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use lettre::message::Mailbox;
+use secrecy::SecretString;
+
+use crate::{
+    backoff::RetryPolicy,
+    email::Renderer,
+    mailer::Mailer,
+    relay::{Relay, RelayConfig},
+    store,
+    telemetry::{self, LogFormat},
+};
+
+/// Delivers the emails identity-server queues in the outbox table: claims batches under short
+/// leases (any number of replicas may run), sends over SMTP with retries and backoff, moves
+/// undeliverable messages to outbox_dead, and loses nothing when it crashes.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "RELAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay outbox messages until SIGINT or SIGTERM.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// PostgreSQL URL of the identity database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
+    database_url: SecretString,
+
+    /// SMTP server in lettre's URL form: smtps://user:pass@host (implicit TLS),
+    /// smtp://user:pass@host:587?tls=required (STARTTLS), smtp://host:port (plain text, tests
+    /// only). Without it, emails are written as .eml files to --mail-dir (development).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = parse_secret)]
+    smtp_url: Option<SecretString>,
+
+    /// Sender of every email, e.g. "Example <no-reply@example.com>". Required with SMTP_URL.
+    #[arg(long, env = "EMAIL_FROM")]
+    email_from: Option<Mailbox>,
+
+    /// The verification link; {token} is replaced by the token.
+    #[arg(
+        long,
+        env = "VERIFY_URL_TEMPLATE",
+        default_value = "http://localhost:3000/verify-email?token={token}"
+    )]
+    verify_url_template: String,
+
+    /// Folder for .eml files when there is no SMTP_URL.
+    #[arg(long, env = "RELAY_MAIL_DIR", default_value = ".local/mail")]
+    mail_dir: PathBuf,
+
+    /// Messages claimed at once.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 64)]
+    batch_size: i64,
+
+    /// Emails sent at once (also the SMTP connection pool size).
+    #[arg(long, env = "RELAY_CONCURRENCY", default_value_t = 16)]
+    concurrency: u32,
+
+    /// Seconds a claim lasts; a crashed relay's messages are retried after this.
+    #[arg(long, env = "RELAY_LEASE_SECS", default_value_t = 30)]
+    lease_secs: u64,
+
+    /// Milliseconds between looks at the outbox when no notification arrives.
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 5000)]
+    poll_interval_ms: u64,
+
+    /// Milliseconds: the ceiling of the first retry's delay (full jitter below it).
+    #[arg(long, env = "RELAY_RETRY_BASE_MS", default_value_t = 1000)]
+    retry_base_ms: u64,
+
+    /// Growth of the retry ceiling per failure.
+    #[arg(long, env = "RELAY_RETRY_FACTOR", default_value_t = 2.0)]
+    retry_factor: f64,
+
+    /// Seconds: the largest retry ceiling.
+    #[arg(long, env = "RELAY_RETRY_CAP_SECS", default_value_t = 900)]
+    retry_cap_secs: u64,
+
+    /// Failed deliveries after which a message is dead-lettered.
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 12)]
+    max_attempts: i32,
+
+    /// Seconds to pause sending after the SMTP server refuses our credentials.
+    #[arg(long, env = "RELAY_AUTH_PAUSE_SECS", default_value_t = 60)]
+    auth_pause_secs: u64,
+
+    /// Seconds an SMTP command may take.
+    #[arg(long, env = "RELAY_SMTP_TIMEOUT_SECS", default_value_t = 10)]
+    smtp_timeout_secs: u64,
+
+    /// Seconds in-flight sends may take to finish at shutdown.
+    #[arg(long, env = "RELAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+}
+
+fn parse_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(SecretString::from(raw))
+}
+
+impl Cli {
+    /// Runs the chosen command; errors are logged and turn into a failing exit code.
+    pub fn run(self) -> ExitCode {
+        telemetry::init(self.log_format);
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(error.message = %e, "cannot start the async runtime");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = runtime.block_on(async {
+            match self.command {
+                Command::Serve(args) => serve(*args).await,
+            }
+        });
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error.message = %e, error.cause_chain = ?e, "outbox-relay failed");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch_size > 0, "the batch size must be positive");
+    anyhow::ensure!(args.concurrency > 0, "the concurrency must be positive");
+    anyhow::ensure!(args.max_attempts > 0, "the attempt limit must be positive");
+    let timeout = Duration::from_secs(args.smtp_timeout_secs);
+    let (mailer, from) = match &args.smtp_url {
+        Some(url) => {
+            let from = args
+                .email_from
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("EMAIL_FROM is required with SMTP_URL"))?;
+            (Mailer::smtp(url, args.concurrency, timeout)?, from)
+        }
+        None => {
+            tracing::warn!(dir = %args.mail_dir.display(), "no SMTP_URL: writing emails to files (development mode)");
+            let from = args
+                .email_from
+                .clone()
+                .unwrap_or_else(|| Mailbox::new(Some("Identity".into()), default_sender()));
+            (Mailer::files(args.mail_dir.clone())?, from)
+        }
+    };
+    let renderer = Renderer::new(&args.verify_url_template)
+        .map_err(|e| anyhow::anyhow!("VERIFY_URL_TEMPLATE: {e}"))?;
+    let concurrency = usize::try_from(args.concurrency)?;
+    let pool = store::pool(&args.database_url, concurrency + 2, Duration::from_secs(5))?;
+    let config = RelayConfig {
+        batch_size: args.batch_size,
+        concurrency,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
+        retry: RetryPolicy {
+            base: Duration::from_millis(args.retry_base_ms),
+            factor: args.retry_factor.max(1.0),
+            cap: Duration::from_secs(args.retry_cap_secs),
+            max_attempts: args.max_attempts,
+        },
+        auth_pause: Duration::from_secs(args.auth_pause_secs),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
+    tracing::info!(
+        batch_size = config.batch_size,
+        concurrency = config.concurrency,
+        lease = ?config.lease,
+        from = %from,
+        "outbox-relay started"
+    );
+    let relay = Arc::new(Relay::new(
+        pool,
+        args.database_url,
+        mailer,
+        renderer,
+        from,
+        config,
+    ));
+    relay.run(shutdown_signal()).await
+}
+
+fn default_sender() -> lettre::Address {
+    // A literal that always parses: "no-reply" and "localhost" are valid parts.
+    lettre::Address::new("no-reply", "localhost")
+        .unwrap_or_else(|_| unreachable!("a valid literal address"))
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,18 @@
+//! outbox-relay: drains the identity outbox to the email provider.
+//!
+//! - [`relay`]: the loop: claim, deliver with bounded concurrency, settle; shutdown.
+//! - [`store`]: lease-guarded queries on `outbox` and `outbox_dead`.
+//! - [`listener`]: LISTEN for new messages, reconnecting with backoff.
+//! - [`mailer`]: SMTP (lettre, pooled) or `.eml` files, and how failures are classified.
+//! - [`email`]: templates, rendering and the MIME message of each kind of email.
+//! - [`backoff`]: retry delays (exponential, full jitter).
+//! - [`cli`], [`telemetry`]: command line and logging.
+
+pub mod backoff;
+pub mod cli;
+pub mod email;
+pub mod listener;
+pub mod mailer;
+pub mod relay;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,35 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    outbox (id) {
+        id -> Uuid,
+        aggregate_type -> Text,
+        aggregate_id -> Text,
+        kind -> Text,
+        payload -> Jsonb,
+        traceparent -> Nullable<Text>,
+        created_at -> Timestamptz,
+        available_at -> Timestamptz,
+        attempts -> Int4,
+        lease_token -> Nullable<Uuid>,
+        leased_until -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    outbox_dead (id) {
+        id -> Uuid,
+        aggregate_type -> Text,
+        aggregate_id -> Text,
+        kind -> Text,
+        payload -> Jsonb,
+        traceparent -> Nullable<Text>,
+        created_at -> Timestamptz,
+        attempts -> Int4,
+        reason -> Text,
+        dead_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(outbox, outbox_dead,);

@@ -1,0 +1,107 @@
+//! `identity-server` as a user runs it: `migrate` on a new empty database, then `serve` on a
+//! free port, with its output captured.
+
+use std::time::Duration;
+
+use diesel::{QueryableByName, sql_types::Jsonb};
+use diesel_async::RunQueryDsl;
+use identity_proto::{
+    identity::v1::{RegisterRequest, registration_service_client::RegistrationServiceClient},
+    outbox::EmailVerificationV1,
+};
+use tonic::transport::Channel;
+
+use crate::{
+    pg::TestDb,
+    process::{self, Process},
+};
+
+/// The code MAC key every test server uses.
+pub const CODE_KEY: &str = "e2e-code-key-0123456789abcdef0123456789";
+
+/// A running `identity-server serve`, its database and where it listens.
+#[derive(Debug)]
+pub struct Server {
+    pub process: Process,
+    pub addr: String,
+    pub db: TestDb,
+}
+
+impl Server {
+    /// Migrates a new empty database with `identity-server migrate`, then serves on port 0.
+    pub async fn start(extra_env: &[(&str, &str)]) -> Self {
+        Self::start_on(TestDb::create_empty().await, extra_env).await
+    }
+
+    /// Migrates `db` with `identity-server migrate`, then serves on port 0.
+    pub async fn start_on(db: TestDb, extra_env: &[(&str, &str)]) -> Self {
+        let migrate = process::run(
+            "identity-server",
+            &["migrate"],
+            &[("DATABASE_URL", &db.url)],
+        );
+        assert!(migrate.status.success(), "migrate failed: {migrate:?}");
+
+        let mut env = vec![
+            ("DATABASE_URL", db.url.as_str()),
+            ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
+            ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+        ];
+        env.extend_from_slice(extra_env);
+        let mut process = Process::spawn("identity-server", &["serve"], &env);
+        let line = process
+            .wait_for_line("identity-server listening", Duration::from_secs(30))
+            .await;
+        let addr = process::field(&line, "grpc.addr")
+            .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
+            .to_owned();
+        Self { process, addr, db }
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("valid URI")
+            .connect()
+            .await
+            .expect("the server accepts connections")
+    }
+
+    /// A RegistrationService client.
+    pub async fn registration(&self) -> RegistrationServiceClient<Channel> {
+        RegistrationServiceClient::new(self.channel().await)
+    }
+
+    /// Registers `email` with valid other fields.
+    pub async fn register(&self, email: &str) {
+        self.registration()
+            .await
+            .register(RegisterRequest {
+                email: email.into(),
+                password: "tangerine-kettle-orbit-42".into(),
+                display_name: "Ada Lovelace".into(),
+                locale: "en-GB".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("registering {email} failed: {e:?}"));
+    }
+
+    /// The verification emails still in the outbox for `recipient`, oldest first.
+    pub async fn emails_to(&self, recipient: &str) -> Vec<EmailVerificationV1> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Jsonb)]
+            payload: serde_json::Value,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT payload FROM outbox WHERE payload->>'recipient' = $1 ORDER BY id",
+        )
+        .bind::<diesel::sql_types::Text, _>(recipient)
+        .load(&mut self.db.connect().await)
+        .await
+        .expect("outbox is readable");
+        rows.into_iter()
+            .map(|row| serde_json::from_value(row.payload).expect("payload parses"))
+            .collect()
+    }
+}

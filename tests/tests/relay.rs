@@ -1,0 +1,505 @@
+//! outbox-relay end to end: the built binaries, a real PostgreSQL and a real SMTP server
+//! (mailin-embedded, over TCP) that can answer chosen recipients with 4xx or 5xx.
+
+use std::{collections::HashMap, time::Duration};
+
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Integer, Text},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use identity_proto::identity::v1::{self as pb, verify_email_request::Proof};
+use identity_tests::{
+    pg::{TestDb, free_port},
+    process::Process,
+    server::Server,
+    smtp::{Received, Reply, SmtpServer},
+    wait,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Starts `outbox-relay serve` on `db` sending to `smtp_url`, with quick retries and short
+/// leases; `extra` overrides any setting.
+async fn start_relay(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Process {
+    let mut env = vec![
+        ("DATABASE_URL", db_url),
+        ("SMTP_URL", smtp_url),
+        ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
+        (
+            "VERIFY_URL_TEMPLATE",
+            "https://app.example.com/verify?token={token}",
+        ),
+        ("RELAY_POLL_INTERVAL_MS", "500"),
+        ("RELAY_RETRY_BASE_MS", "50"),
+        ("RELAY_RETRY_CAP_SECS", "1"),
+        ("RELAY_LEASE_SECS", "2"),
+        ("RUST_LOG", "info,outbox_relay=debug"),
+    ];
+    for (key, value) in extra {
+        env.retain(|(k, _)| k != key);
+        env.push((key, value));
+    }
+    let mut relay = Process::spawn("outbox-relay", &["serve"], &env);
+    relay.wait_for_line("outbox-relay started", WAIT).await;
+    relay
+}
+
+/// Queues `n` verification emails to `{prefix}{i}@example.com` straight into the outbox (with a
+/// notification), as identity-server would; returns the recipients.
+async fn enqueue(conn: &mut AsyncPgConnection, prefix: &str, n: i64) -> Vec<String> {
+    diesel::sql_query(
+        "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload)
+         SELECT gen_random_uuid(), 'user', gen_random_uuid()::text, 'email.verification.v1',
+                jsonb_build_object(
+                    'recipient', $1 || i || '@example.com',
+                    'display_name', 'User ' || i,
+                    'locale', 'en',
+                    'token', 'token-' || $1 || i,
+                    'code', lpad(i::text, 6, '0'),
+                    'expires_at', to_char((now() + interval '1 day') AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+           FROM generate_series(1, $2) AS i",
+    )
+    .bind::<Text, _>(prefix)
+    .bind::<BigInt, _>(n)
+    .execute(conn)
+    .await
+    .expect("messages are queued");
+    notify(conn).await;
+    (1..=n)
+        .map(|i| format!("{prefix}{i}@example.com"))
+        .collect()
+}
+
+async fn notify(conn: &mut AsyncPgConnection) {
+    diesel::sql_query("SELECT pg_notify('outbox', '')")
+        .execute(conn)
+        .await
+        .expect("notifies");
+}
+
+#[derive(QueryableByName, Debug)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .n
+}
+
+#[derive(QueryableByName, Debug)]
+struct Dead {
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Text)]
+    whole_row: String,
+}
+
+async fn dead_letters(conn: &mut AsyncPgConnection) -> Vec<Dead> {
+    diesel::sql_query(
+        "SELECT kind, reason, attempts, row_to_json(d)::text AS whole_row
+           FROM outbox_dead d ORDER BY dead_at",
+    )
+    .load(conn)
+    .await
+    .expect("outbox_dead is readable")
+}
+
+/// Waits until the outbox is empty.
+async fn drained(conn: &mut AsyncPgConnection) {
+    wait::until("the outbox to drain", WAIT, async || {
+        (count(conn, "SELECT count(*) AS n FROM outbox").await == 0).then_some(())
+    })
+    .await;
+}
+
+/// The text/plain part of a received email, decoded.
+fn text_body(mail: &Received) -> String {
+    let parsed = mailparse::parse_mail(mail.data.as_bytes()).expect("a MIME message");
+    parsed
+        .subparts
+        .iter()
+        .find(|part| part.ctype.mimetype == "text/plain")
+        .expect("a text/plain part")
+        .get_body()
+        .expect("a decodable body")
+}
+
+/// How many times each recipient got an email.
+fn deliveries(smtp: &SmtpServer) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for mail in smtp.messages() {
+        for to in mail.to {
+            *seen.entry(to.to_ascii_lowercase()).or_default() += 1;
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn registered_users_get_their_email_over_smtp_and_verify_with_its_link_or_code() {
+    let smtp = SmtpServer::start();
+    let server = Server::start(&[]).await;
+    let _relay = start_relay(&server.db.url, &smtp.url(), &[]).await;
+
+    server.register("link@example.com").await;
+    server.register("code@example.com").await;
+    let by_link = smtp.wait_for_message_to("link@example.com", WAIT).await;
+    let by_code = smtp.wait_for_message_to("code@example.com", WAIT).await;
+
+    // A multipart email with a stable Message-ID, from the configured sender.
+    let parsed = mailparse::parse_mail(by_link.data.as_bytes()).expect("a MIME message");
+    assert_eq!(parsed.ctype.mimetype, "multipart/alternative");
+    let types: Vec<_> = parsed
+        .subparts
+        .iter()
+        .map(|p| p.ctype.mimetype.clone())
+        .collect();
+    assert_eq!(types, ["text/plain", "text/html"]);
+    let headers: HashMap<String, String> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.get_key().to_ascii_lowercase(), h.get_value()))
+        .collect();
+    assert!(
+        headers["message-id"].ends_with("@identity.example.com>"),
+        "{headers:?}"
+    );
+    assert!(headers["from"].contains("no-reply@identity.example.com"));
+    assert!(headers["to"].contains("link@example.com"));
+
+    let text = text_body(&by_link);
+    let token = text
+        .split("https://app.example.com/verify?token=")
+        .nth(1)
+        .and_then(|rest| rest.get(..43))
+        .unwrap_or_else(|| panic!("no verification link in:\n{text}"))
+        .to_owned();
+    let text = text_body(&by_code);
+    let code = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|word| word.len() == 6)
+        .unwrap_or_else(|| panic!("no 6-digit code in:\n{text}"))
+        .to_owned();
+    assert!(
+        text.contains("24 hours"),
+        "the expiry is said in plain words:\n{text}"
+    );
+
+    let mut client = server.registration().await;
+    for proof in [
+        Proof::Token(token),
+        Proof::EmailCode(pb::EmailCode {
+            email: "code@example.com".into(),
+            code,
+        }),
+    ] {
+        let verified = client
+            .verify_email(pb::VerifyEmailRequest { proof: Some(proof) })
+            .await
+            .expect("the proof from the email verifies")
+            .into_inner();
+        assert_eq!(verified.status(), pb::UserStatus::Active);
+    }
+    // Delivered messages are deleted, and their secrets with them.
+    drained(&mut server.db.connect().await).await;
+}
+
+#[tokio::test]
+async fn a_recipient_answered_451_twice_gets_the_email_once_on_the_third_attempt() {
+    let smtp = SmtpServer::start();
+    smtp.reply_to(
+        "slow1@example.com",
+        Reply::TransientTimes {
+            code: 451,
+            times: 2,
+        },
+    );
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let relay = start_relay(&db.url, &smtp.url(), &[]).await;
+
+    enqueue(&mut conn, "slow", 1).await;
+    smtp.wait_for_message_to("slow1@example.com", WAIT).await;
+    drained(&mut conn).await;
+
+    assert_eq!(smtp.attempts("slow1@example.com"), 3);
+    assert_eq!(smtp.messages_to("slow1@example.com").len(), 1);
+    assert_eq!(relay.count_lines("email delivery failed; will retry"), 2);
+    assert!(
+        relay.output().contains("failed_attempts=2"),
+        "{}",
+        relay.output()
+    );
+    assert!(dead_letters(&mut conn).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_recipient_answered_550_is_dead_lettered_at_once_without_its_secrets() {
+    let smtp = SmtpServer::start();
+    smtp.reply_to("gone1@example.com", Reply::Permanent(550));
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let _relay = start_relay(&db.url, &smtp.url(), &[]).await;
+
+    enqueue(&mut conn, "gone", 1).await;
+    let dead = wait::until("a dead letter", WAIT, || async {
+        dead_letters(&mut db.connect().await).await.pop()
+    })
+    .await;
+
+    assert_eq!(
+        smtp.attempts("gone1@example.com"),
+        1,
+        "no retry after a 5xx"
+    );
+    assert!(dead.reason.contains("550"), "{dead:?}");
+    assert_eq!(dead.attempts, 1);
+    assert_eq!(dead.kind, "email.verification.v1");
+    assert!(
+        dead.whole_row.contains("gone1@example.com"),
+        "the recipient is kept: {dead:?}"
+    );
+    for secret in ["token-gone1", "\"000001\"", "\"token\"", "\"code\""] {
+        assert!(
+            !dead.whole_row.contains(secret),
+            "{secret} kept in {dead:?}"
+        );
+    }
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM outbox").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn emails_queued_while_the_smtp_server_is_down_all_arrive_once_it_is_up() {
+    let port = free_port().expect("a free port");
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let server = Server::start(&[]).await;
+    let mut conn = server.db.connect().await;
+    let _relay = start_relay(&server.db.url, &smtp_url, &[]).await;
+
+    let recipients: Vec<String> = (1..=50)
+        .map(|i| format!("patient{i}@example.com"))
+        .collect();
+    for recipient in &recipients {
+        server.register(recipient).await;
+    }
+    // Every message has been tried and failed while the server was down.
+    wait::until("failed attempts on all 50 messages", WAIT, async || {
+        (count(
+            &mut conn,
+            "SELECT count(*) AS n FROM outbox WHERE attempts > 0",
+        )
+        .await
+            == 50)
+            .then_some(())
+    })
+    .await;
+
+    let smtp = SmtpServer::start_on(port);
+    smtp.wait_for_messages(50, WAIT).await;
+    drained(&mut conn).await;
+
+    let seen = deliveries(&smtp);
+    for recipient in &recipients {
+        assert_eq!(seen.get(recipient), Some(&1), "{recipient}");
+    }
+    assert!(dead_letters(&mut conn).await.is_empty());
+}
+
+#[tokio::test]
+async fn two_relays_deliver_500_messages_exactly_once() {
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let recipients = enqueue(&mut conn, "pair", 500).await;
+
+    let _first = start_relay(&db.url, &smtp.url(), &[("RELAY_BATCH_SIZE", "20")]).await;
+    let _second = start_relay(&db.url, &smtp.url(), &[("RELAY_BATCH_SIZE", "20")]).await;
+    smtp.wait_for_messages(500, WAIT).await;
+    drained(&mut conn).await;
+
+    let seen = deliveries(&smtp);
+    assert_eq!(seen.len(), 500);
+    for recipient in &recipients {
+        assert_eq!(
+            seen.get(recipient),
+            Some(&1),
+            "{recipient} delivered more than once or not at all"
+        );
+    }
+}
+
+#[tokio::test]
+async fn killing_the_relay_repeatedly_loses_nothing_and_duplicates_at_most_a_batch_per_kill() {
+    const BATCH: usize = 32;
+    const KILLS: usize = 6;
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let recipients = enqueue(&mut conn, "crash", 1000).await;
+    let batch = BATCH.to_string();
+    let settings = [
+        ("RELAY_BATCH_SIZE", batch.as_str()),
+        ("RELAY_LEASE_SECS", "1"),
+    ];
+
+    for kill in 0..KILLS {
+        let mut relay = start_relay(&db.url, &smtp.url(), &settings).await;
+        // A random moment: after a random number of further deliveries.
+        let target = smtp.message_count() + rand::random_range(10..120);
+        wait::until("deliveries before the kill", WAIT, || {
+            std::future::ready((smtp.message_count() >= target).then_some(()))
+        })
+        .await;
+        relay.kill();
+        println!(
+            "kill {}: after {} deliveries",
+            kill + 1,
+            smtp.message_count()
+        );
+    }
+    let _final_run = start_relay(&db.url, &smtp.url(), &settings).await;
+    drained(&mut conn).await;
+
+    let seen = deliveries(&smtp);
+    let missing = recipients.iter().filter(|r| !seen.contains_key(*r)).count();
+    let twice: usize = seen.values().map(|n| n - 1).sum();
+    println!(
+        "{} messages, {KILLS} kills: {} delivered, {missing} missing, {twice} duplicates (bound {})",
+        recipients.len(),
+        seen.len(),
+        BATCH * KILLS
+    );
+    assert_eq!(missing, 0, "every message was delivered at least once");
+    assert!(twice <= BATCH * KILLS, "{twice} duplicates");
+}
+
+#[tokio::test]
+async fn after_its_listen_connection_is_terminated_the_relay_still_delivers_promptly() {
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    // Polling every minute: only a working LISTEN can deliver within the test's deadline.
+    let mut relay = start_relay(&db.url, &smtp.url(), &[("RELAY_POLL_INTERVAL_MS", "60000")]).await;
+    relay
+        .wait_for_line("listening for outbox notifications", WAIT)
+        .await;
+
+    let terminated = count(
+        &mut conn,
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .await;
+    assert_eq!(terminated, 1, "the relay's listener connection was found");
+    wait::until("the listener to reconnect", WAIT, || {
+        std::future::ready(
+            (relay.count_lines("listening for outbox notifications") >= 2).then_some(()),
+        )
+    })
+    .await;
+
+    enqueue(&mut conn, "after-drop", 1).await;
+    smtp.wait_for_message_to("after-drop1@example.com", Duration::from_secs(20))
+        .await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_drain_exits_zero_and_leaves_no_message_leased() {
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    enqueue(&mut conn, "drain", 2000).await;
+    let mut relay = start_relay(&db.url, &smtp.url(), &[("RELAY_LEASE_SECS", "300")]).await;
+    wait::until("the drain to be under way", WAIT, || {
+        std::future::ready((smtp.message_count() >= 50).then_some(()))
+    })
+    .await;
+
+    assert!(relay.terminate(WAIT).await, "the relay exits 0 on SIGTERM");
+
+    let leased = count(
+        &mut conn,
+        "SELECT count(*) AS n FROM outbox WHERE lease_token IS NOT NULL",
+    )
+    .await;
+    assert_eq!(leased, 0);
+    let left = count(&mut conn, "SELECT count(*) AS n FROM outbox").await;
+    println!(
+        "SIGTERM after {} deliveries; {left} messages left for the next relay",
+        smtp.message_count()
+    );
+    assert!(left > 0, "stopped during the drain, not after it");
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_with_their_reason_and_the_rest_delivered() {
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    enqueue(&mut conn, "before", 2).await;
+    diesel::sql_query(
+        "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload) VALUES
+           (gen_random_uuid(), 'user', 'u1', 'email.verification.v1', '{\"nonsense\": true, \"token\": \"poison-token\"}'),
+           (gen_random_uuid(), 'user', 'u2', 'sms.v1', '{\"to\": \"+15550100\"}'),
+           (gen_random_uuid(), 'user', 'u3', 'email.verification.v1',
+            jsonb_build_object('recipient', 'not an address', 'display_name', 'X', 'locale', 'en',
+                               'token', 'bad-recipient-token', 'code', '424242',
+                               'expires_at', '2030-01-01T00:00:00Z'))",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("poison is queued");
+    enqueue(&mut conn, "after", 2).await;
+    let _relay = start_relay(&db.url, &smtp.url(), &[]).await;
+
+    smtp.wait_for_messages(4, WAIT).await;
+    drained(&mut conn).await;
+
+    let dead = dead_letters(&mut conn).await;
+    let mut reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("malformed email.verification.v1 payload")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unknown message kind \"sms.v1\"")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("invalid recipient")),
+        "{reasons:?}"
+    );
+    for d in &dead {
+        assert_eq!(d.attempts, 0, "never sent: {d:?}");
+        assert!(
+            !d.whole_row.contains("poison-token")
+                && !d.whole_row.contains("bad-recipient-token")
+                && !d.whole_row.contains("424242"),
+            "{d:?}"
+        );
+    }
+    let seen = deliveries(&smtp);
+    for ok in ["before1", "before2", "after1", "after2"] {
+        assert_eq!(seen.get(&format!("{ok}@example.com")), Some(&1));
+    }
+}
