@@ -250,7 +250,9 @@ impl Relay {
                     .paused_until
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + pause);
-                store::put_back(conn, id, token, pause).await?
+                // The pause is this relay's, not the message's: a relay with the right
+                // credentials (another replica, or this one restarted) may send it now.
+                store::put_back(conn, id, token, Duration::ZERO).await?
             }
             Verdict::PutBack(delay) => store::put_back(conn, id, token, delay).await?,
         };

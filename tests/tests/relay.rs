@@ -11,7 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use identity_proto::identity::v1::{self as pb, verify_email_request::Proof};
 use identity_tests::{
     pg::{TestDb, free_port},
-    process::Process,
+    process::{self, Process},
     server::Server,
     smtp::{Received, Reply, SmtpServer},
     wait,
@@ -40,6 +40,8 @@ async fn start_relay(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Pr
         env.retain(|(k, _)| k != key);
         env.push((key, value));
     }
+    // An empty value means "unset", e.g. no SMTP_URL for the development mode.
+    env.retain(|(_, value)| !value.is_empty());
     let mut relay = Process::spawn("outbox-relay", &["serve"], &env);
     relay.wait_for_line("outbox-relay started", WAIT).await;
     relay
@@ -502,4 +504,75 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_rest_delive
     for ok in ["before1", "before2", "after1", "after2"] {
         assert_eq!(seen.get(&format!("{ok}@example.com")), Some(&1));
     }
+}
+
+#[tokio::test]
+async fn refused_smtp_credentials_pause_delivery_without_counting_attempts() {
+    let smtp = SmtpServer::start();
+    smtp.require_auth("relay", "right-password");
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    enqueue(&mut conn, "auth", 3).await;
+
+    let wrong = smtp.url_with_credentials("relay", "wrong-password");
+    let mut relay = start_relay(&db.url, &wrong, &[("RELAY_AUTH_PAUSE_SECS", "3600")]).await;
+    relay.wait_for_line("refused our credentials", WAIT).await;
+    wait::until("the messages to be put back", WAIT, async || {
+        let leased = "SELECT count(*) AS n FROM outbox WHERE lease_token IS NOT NULL";
+        (count(&mut conn, leased).await == 0).then_some(())
+    })
+    .await;
+
+    assert!(smtp.auth_failures() >= 1);
+    assert_eq!(smtp.message_count(), 0);
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) AS n FROM outbox WHERE attempts = 0"
+        )
+        .await,
+        3
+    );
+    assert!(dead_letters(&mut conn).await.is_empty());
+    assert!(
+        !relay.output().contains("wrong-password"),
+        "the SMTP password is never logged"
+    );
+    assert!(relay.terminate(WAIT).await);
+
+    // Restarted with the right credentials, it sends them at once.
+    let right = smtp.url_with_credentials("relay", "right-password");
+    let _relay = start_relay(&db.url, &right, &[]).await;
+    smtp.wait_for_messages(3, WAIT).await;
+    drained(&mut conn).await;
+}
+
+#[tokio::test]
+async fn without_smtp_url_emails_are_written_as_files_and_the_link_is_logged() {
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let dir = std::env::temp_dir().join(format!("relay-mail-{}", uuid::Uuid::new_v4().simple()));
+    let dir_text = dir.display().to_string();
+    let mut relay = start_relay(
+        &db.url,
+        "",
+        &[("RELAY_MAIL_DIR", dir_text.as_str()), ("EMAIL_FROM", "")],
+    )
+    .await;
+
+    enqueue(&mut conn, "file", 1).await;
+    let line = relay.wait_for_line("email written to a file", WAIT).await;
+    drained(&mut conn).await;
+
+    let path = process::field(&line, "path").expect("the log names the file");
+    let email = std::fs::read_to_string(path).expect("the .eml file exists");
+    assert!(email.contains("file1@example.com") && email.contains("multipart/alternative"));
+    assert!(
+        relay
+            .output()
+            .contains("link=https://app.example.com/verify?token=token-file1"),
+        "the development log shows the link:\n{}",
+        relay.output()
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
