@@ -98,8 +98,10 @@ struct ServeArgs {
     #[arg(long, env = "RELAY_RETRY_CAP_SECS", default_value_t = 900)]
     retry_cap_secs: u64,
 
-    /// Failed deliveries after which a message is dead-lettered.
-    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 12)]
+    /// Failed deliveries after which a message is dead-lettered. With the default backoff that
+    /// is about a day of retrying; a verification email whose link expired is dead-lettered
+    /// rather than sent.
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 100)]
     max_attempts: i32,
 
     /// Seconds to pause sending after the SMTP server refuses our credentials.
@@ -162,7 +164,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .email_from
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("EMAIL_FROM is required with SMTP_URL"))?;
-            (Mailer::smtp(url, args.concurrency, timeout)?, from)
+            (
+                Mailer::smtp(url, usize::try_from(args.concurrency)?, timeout)?,
+                from,
+            )
         }
         None => {
             tracing::warn!(dir = %args.mail_dir.display(), "no SMTP_URL: writing emails to files (development mode)");

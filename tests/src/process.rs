@@ -8,15 +8,15 @@ use std::{
     time::Duration,
 };
 
-/// Path of a workspace binary in the same target directory as the running test
-/// (`target/debug/<name>`); `scripts/test` builds them with `cargo build --bins` first.
+/// Path of a workspace binary in the same target directory as the running test or benchmark
+/// (`target/<profile>/<name>`); `scripts/test` builds them with `cargo build --bins` first.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("tests run from target/<profile>/deps");
+    let exe = std::env::current_exe().expect("the process knows its own path");
+    // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
+    let mut dir = exe.parent().expect("an executable lives in a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps/ lives in the profile directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

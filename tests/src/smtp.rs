@@ -2,19 +2,18 @@
 //! `RCPT TO` as a test scripts it, can require AUTH PLAIN/LOGIN over plain text, and can be
 //! stopped (freeing its port) and started again on the same port to stage an outage.
 //!
-//! It speaks the subset of RFC 5321 a client such as lettre uses: EHLO/HELO, AUTH, MAIL, RCPT,
-//! DATA, RSET, NOOP, VRFY and QUIT, one reply per command. It runs on a runtime of its own in a
-//! thread of its own, so it works the same under any test runtime and keeps serving while the
+//! The SMTP protocol is the `mailin` crate's (command parser, state machine, replies, AUTH):
+//! this module only moves lines between sockets and a `mailin::Session`, and its
+//! `Handler` applies the test's script and records what is accepted. That is what
+//! `mailin-embedded` does too; it is not used because its `serve()` never returns (so its port
+//! cannot be freed for an outage test) and its fixed thread pool stalls sessions beyond its
+//! size. The server runs on a runtime and a thread of its own, so it keeps serving while a
 //! test blocks.
-//!
-//! Written on tokio rather than on `mailin-embedded`, whose `serve()` never returns (so neither
-//! its thread nor its port can be freed), whose AUTH needs STARTTLS and a certificate, and whose
-//! fixed thread pool stalls every session beyond its size.
 
 use std::{
     collections::HashMap,
     fmt, io,
-    net::{Ipv4Addr, TcpListener as StdTcpListener},
+    net::{IpAddr, Ipv4Addr, TcpListener as StdTcpListener},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
@@ -23,13 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mailin::{Action, AuthMechanism, Handler, Response, SessionBuilder, response};
 use time::OffsetDateTime;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{
-        TcpListener, TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    net::{TcpListener, TcpStream},
     sync::{oneshot, watch},
 };
 
@@ -253,7 +250,7 @@ impl SmtpServer {
     }
 
     /// From now on, new sessions are offered AUTH PLAIN and LOGIN (over plain text) and must
-    /// authenticate as `user` with `password` before `MAIL FROM` (530 otherwise); wrong
+    /// authenticate as `user` with `password` before `MAIL FROM` (mailin answers 503 otherwise); wrong
     /// credentials get 535.
     pub fn require_auth(&self, user: &str, password: &str) {
         lock(&self.shared.script).auth = Some(Credentials {
@@ -411,350 +408,145 @@ async fn accept(listener: StdTcpListener, shared: Arc<Shared>, mut stop: oneshot
             _ = &mut stop => return,
             accepted = listener.accept() => {
                 // Failures such as running out of file descriptors concern one connection only.
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 shared.connections.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(Session::serve(stream, Arc::clone(&shared)));
+                tokio::spawn(serve(stream, peer.ip(), Arc::clone(&shared)));
             }
         }
     }
 }
 
-/// Whether a session goes on after a reply.
-enum Flow {
-    Continue,
-    Close,
+/// Serves one connection: lines go to a `mailin` session (the SMTP parser and state machine),
+/// and its replies go back, until it says to close or the client goes away.
+async fn serve(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
+    // Replies are single small writes; do not let Nagle hold them back.
+    let _ = stream.set_nodelay(true);
+    let auth_required = lock(&shared.script).auth.is_some();
+    let mut builder = SessionBuilder::new(NAME);
+    if auth_required {
+        builder
+            .enable_auth(AuthMechanism::Plain)
+            .enable_auth(AuthMechanism::Login)
+            .insecure_enable_plaintext_auth();
+    }
+    let mut session = builder.build(
+        peer,
+        ScriptedHandler {
+            shared,
+            user: None,
+            from: String::new(),
+            to: Vec::new(),
+            data: Vec::new(),
+        },
+    );
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    // An I/O error means the client is gone; there is no one left to tell.
+    let _ = async {
+        writer.write_all(&session.greeting().buffer()?).await?;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).await? == 0 {
+                return Ok::<_, io::Error>(());
+            }
+            let response = session.process(&line);
+            match response.action {
+                Action::NoReply => {}
+                Action::Reply => writer.write_all(&response.buffer()?).await?,
+                // TLS is never offered, so an upgrade cannot be asked for; close either way.
+                Action::Close | Action::UpgradeTls => {
+                    writer.write_all(&response.buffer()?).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
 }
 
-/// One client's SMTP session.
-struct Session {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+/// Decides what mailin's session answers, as the test scripted, and records what it accepts.
+struct ScriptedHandler {
     shared: Arc<Shared>,
-    greeted: bool,
     user: Option<String>,
-    envelope: Option<Envelope>,
-}
-
-/// The transaction begun by `MAIL FROM`.
-struct Envelope {
     from: String,
     to: Vec<String>,
+    data: Vec<u8>,
 }
 
-impl Session {
-    /// Serves one connection until QUIT, a closing reply, or the client going away.
-    async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-        // Replies are single small writes; do not let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        let mut session = Self {
-            reader: BufReader::new(reader),
-            writer,
-            shared,
-            greeted: false,
-            user: None,
-            envelope: None,
+impl ScriptedHandler {
+    fn authenticate(&mut self, user: &str, password: &str) -> Response {
+        let mut script = lock(&self.shared.script);
+        let valid = script
+            .auth
+            .as_ref()
+            .is_some_and(|c| c.user == user && c.password == password);
+        if valid {
+            self.user = Some(user.to_owned());
+            response::AUTH_OK
+        } else {
+            script.auth_failures += 1;
+            response::INVALID_CREDENTIALS
+        }
+    }
+}
+
+impl Handler for ScriptedHandler {
+    fn rcpt(&mut self, to: &str) -> Response {
+        let mut script = lock(&self.shared.script);
+        let key = to.to_ascii_lowercase();
+        let attempt = {
+            let attempts = script.attempts.entry(key.clone()).or_default();
+            *attempts += 1;
+            *attempts
         };
-        // An I/O error means the client is gone; there is no one left to tell.
-        let _ = session.run().await;
+        let reply = script
+            .replies
+            .get(&key)
+            .copied()
+            .unwrap_or(script.default_reply);
+        match reply.code_for(attempt) {
+            Some(code) => Response::custom(code, format!("scripted refusal for {to}")),
+            None => response::OK,
+        }
     }
 
-    async fn run(&mut self) -> io::Result<()> {
-        self.reply(&format!("220 {NAME} ESMTP ready")).await?;
-        while let Some(line) = self.read_line().await? {
-            let (verb, argument) = line.split_once(' ').unwrap_or((&line, ""));
-            let argument = argument.trim();
-            let flow = match verb.to_ascii_uppercase().as_str() {
-                "EHLO" => self.ehlo(argument).await?,
-                "HELO" => {
-                    self.reset_and_greet();
-                    self.reply(&format!("250 {NAME}")).await?
-                }
-                "AUTH" => self.auth(argument).await?,
-                "MAIL" => self.mail(argument).await?,
-                "RCPT" => self.rcpt(argument).await?,
-                "DATA" => self.data().await?,
-                "RSET" => {
-                    self.envelope = None;
-                    self.reply("250 2.0.0 OK").await?
-                }
-                "NOOP" => self.reply("250 2.0.0 OK").await?,
-                "VRFY" => self.reply("252 2.5.0 Cannot verify").await?,
-                "QUIT" => {
-                    self.reply("221 2.0.0 Bye").await?;
-                    Flow::Close
-                }
-                _ => self.reply("500 5.5.2 Command not recognized").await?,
-            };
-            if let Flow::Close = flow {
-                break;
-            }
+    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.from = from.to_owned();
+        self.to = to.to_vec();
+        self.data.clear();
+        response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.shared.keep_data {
+            self.data.extend_from_slice(buf);
         }
         Ok(())
     }
 
-    fn reset_and_greet(&mut self) {
-        self.greeted = true;
-        self.envelope = None;
-    }
-
-    async fn ehlo(&mut self, client: &str) -> io::Result<Flow> {
-        self.reset_and_greet();
-        let auth = lock(&self.shared.script).auth.is_some() && self.user.is_none();
-        let mut lines = vec![format!("{NAME} greets {client}"), "8BITMIME".to_owned()];
-        lines.push("SMTPUTF8".to_owned());
-        if auth {
-            lines.push("AUTH PLAIN LOGIN".to_owned());
-        }
-        let last = lines.len() - 1;
-        let reply: String = lines
-            .iter()
-            .enumerate()
-            .map(|(i, line)| format!("250{}{line}\r\n", if i == last { ' ' } else { '-' }))
-            .collect();
-        self.write(reply.as_bytes()).await?;
-        Ok(Flow::Continue)
-    }
-
-    async fn auth(&mut self, argument: &str) -> io::Result<Flow> {
-        let Some(expected) = lock(&self.shared.script)
-            .auth
-            .as_ref()
-            .map(|c| (c.user.clone(), c.password.clone()))
-        else {
-            return self.reply("503 5.5.1 AUTH not offered").await;
-        };
-        if self.user.is_some() {
-            return self.reply("503 5.5.1 Already authenticated").await;
-        }
-        let (mechanism, initial) = argument.split_once(' ').unwrap_or((argument, ""));
-        let given = match mechanism.to_ascii_uppercase().as_str() {
-            "PLAIN" => {
-                let Some(response) = self.challenge("", initial).await? else {
-                    return self.reply("501 5.7.0 AUTH cancelled").await;
-                };
-                // authorization-id NUL authentication-id NUL password
-                response.and_then(|plain| {
-                    let mut parts = plain.split('\0');
-                    let (_authzid, user, password) = (parts.next()?, parts.next()?, parts.next()?);
-                    Some((user.to_owned(), password.to_owned()))
-                })
-            }
-            "LOGIN" => {
-                // The challenges are base64 for "Username:" and "Password:".
-                let Some(user) = self.challenge("VXNlcm5hbWU6", initial).await? else {
-                    return self.reply("501 5.7.0 AUTH cancelled").await;
-                };
-                let Some(password) = self.challenge("UGFzc3dvcmQ6", "").await? else {
-                    return self.reply("501 5.7.0 AUTH cancelled").await;
-                };
-                user.zip(password)
-            }
-            _ => {
-                return self
-                    .reply("504 5.5.4 Unrecognized authentication type")
-                    .await;
-            }
-        };
-        let Some((user, password)) = given else {
-            return self
-                .reply("501 5.5.2 Cannot decode the AUTH response")
-                .await;
-        };
-        if (user.as_str(), password.as_str()) == (expected.0.as_str(), expected.1.as_str()) {
-            self.user = Some(user);
-            self.reply("235 2.7.0 Authentication successful").await
-        } else {
-            lock(&self.shared.script).auth_failures += 1;
-            self.reply("535 5.7.8 Authentication credentials invalid")
-                .await
-        }
-    }
-
-    /// The client's base64 answer to a 334 `challenge`, decoded to text: `initial` when the
-    /// command carried it, else the next line. `None` when the client cancels with `*` or hangs
-    /// up; `Some(None)` when the answer is not base64 of UTF-8.
-    async fn challenge(
-        &mut self,
-        challenge: &str,
-        initial: &str,
-    ) -> io::Result<Option<Option<String>>> {
-        let answer = if initial.is_empty() {
-            self.reply(&format!("334 {challenge}")).await?;
-            match self.read_line().await? {
-                Some(line) => line,
-                None => return Ok(None),
-            }
-        } else {
-            initial.to_owned()
-        };
-        if answer.trim() == "*" {
-            return Ok(None);
-        }
-        Ok(Some(
-            decode_base64(answer.trim()).and_then(|bytes| String::from_utf8(bytes).ok()),
-        ))
-    }
-
-    async fn mail(&mut self, argument: &str) -> io::Result<Flow> {
-        if !self.greeted {
-            return self.reply("503 5.5.1 Send EHLO first").await;
-        }
-        if self.user.is_none() && lock(&self.shared.script).auth.is_some() {
-            return self.reply("530 5.7.0 Authentication required").await;
-        }
-        if self.envelope.is_some() {
-            return self.reply("503 5.5.1 Nested MAIL command").await;
-        }
-        let Some(from) = path_after(argument, "FROM:") else {
-            return self.reply("501 5.5.4 Syntax: MAIL FROM:<address>").await;
-        };
-        self.envelope = Some(Envelope {
-            from,
-            to: Vec::new(),
+    fn data_end(&mut self) -> Response {
+        let mut received = lock(&self.shared.received);
+        received.push(Received {
+            from: std::mem::take(&mut self.from),
+            to: std::mem::take(&mut self.to),
+            data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
+            authenticated_as: self.user.clone(),
+            accepted_at: Instant::now(),
+            accepted_at_utc: OffsetDateTime::now_utc(),
         });
-        self.reply("250 2.1.0 OK").await
-    }
-
-    async fn rcpt(&mut self, argument: &str) -> io::Result<Flow> {
-        if self.envelope.is_none() {
-            return self.reply("503 5.5.1 Need MAIL before RCPT").await;
-        }
-        let Some(to) = path_after(argument, "TO:") else {
-            return self.reply("501 5.5.4 Syntax: RCPT TO:<address>").await;
-        };
-        let refusal = {
-            let mut script = lock(&self.shared.script);
-            let key = to.to_ascii_lowercase();
-            let attempt = script.attempts.entry(key.clone()).or_insert(0);
-            *attempt += 1;
-            let attempt = *attempt;
-            let reply = script
-                .replies
-                .get(&key)
-                .copied()
-                .unwrap_or(script.default_reply);
-            reply.code_for(attempt)
-        };
-        match refusal {
-            None => {
-                if let Some(envelope) = self.envelope.as_mut() {
-                    envelope.to.push(to);
-                }
-                self.reply("250 2.1.5 OK").await
-            }
-            Some(code) => {
-                let text = format!("{code} {}.0.0 Scripted reply for <{to}>", code / 100);
-                self.reply(&text).await?;
-                // 421 means the server is closing the transmission channel.
-                Ok(if code == 421 {
-                    Flow::Close
-                } else {
-                    Flow::Continue
-                })
-            }
-        }
-    }
-
-    async fn data(&mut self) -> io::Result<Flow> {
-        let Some(envelope) = self.envelope.take_if(|e| !e.to.is_empty()) else {
-            return match self.envelope {
-                None => self.reply("503 5.5.1 Need MAIL before DATA").await,
-                Some(_) => self.reply("554 5.5.1 No valid recipients").await,
-            };
-        };
-        self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
-        let mut data = Vec::new();
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if self.reader.read_until(b'\n', &mut line).await? == 0 {
-                return Ok(Flow::Close);
-            }
-            if line == b".\r\n" || line == b".\n" {
-                break;
-            }
-            if self.shared.keep_data {
-                let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
-                data.extend_from_slice(unstuffed);
-            }
-        }
-        let number = {
-            let mut received = lock(&self.shared.received);
-            received.push(Received {
-                from: envelope.from,
-                to: envelope.to,
-                data: String::from_utf8_lossy(&data).into_owned(),
-                authenticated_as: self.user.clone(),
-                accepted_at: Instant::now(),
-                accepted_at_utc: OffsetDateTime::now_utc(),
-            });
-            self.shared.count.send_replace(received.len());
-            received.len()
-        };
         // Recorded before the 250 goes out: a client that saw 250 finds its message recorded.
-        self.reply(&format!("250 2.0.0 OK: queued as {number}"))
-            .await
+        self.shared.count.send_replace(received.len());
+        response::OK
     }
 
-    /// The next line without its line end (lossily decoded); `None` when the client hung up.
-    async fn read_line(&mut self) -> io::Result<Option<String>> {
-        let mut line = Vec::new();
-        if self.reader.read_until(b'\n', &mut line).await? == 0 {
-            return Ok(None);
-        }
-        let line = line.strip_suffix(b"\n").unwrap_or(&line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        Ok(Some(String::from_utf8_lossy(line).into_owned()))
+    fn auth_plain(&mut self, _authorization_id: &str, user: &str, password: &str) -> Response {
+        self.authenticate(user, password)
     }
 
-    async fn reply(&mut self, line: &str) -> io::Result<Flow> {
-        self.write(format!("{line}\r\n").as_bytes()).await?;
-        Ok(Flow::Continue)
+    fn auth_login(&mut self, user: &str, password: &str) -> Response {
+        self.authenticate(user, password)
     }
-
-    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes).await
-    }
-}
-
-/// The address in `FROM:<a@b> PARAMS` or `TO:<a@b>` after `keyword` (ASCII case ignored);
-/// brackets are optional, `<>` gives an empty address.
-fn path_after(argument: &str, keyword: &str) -> Option<String> {
-    let head = argument.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = argument.get(keyword.len()..)?.trim_start();
-    let path = match rest.strip_prefix('<') {
-        Some(bracketed) => bracketed.split_once('>')?.0,
-        None => rest.split_whitespace().next()?,
-    };
-    Some(path.to_owned())
-}
-
-/// Decodes standard base64 (padding optional); `None` on any other character.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(text.len() / 4 * 3 + 2);
-    let (mut bits, mut count) = (0u32, 0u32);
-    for c in text.trim_end_matches('=').bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        bits = (bits << 6) | u32::from(value);
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            bytes.push(((bits >> count) & 0xff) as u8);
-            bits &= (1 << count) - 1;
-        }
-    }
-    Some(bytes)
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters, for the userinfo of a URL.
@@ -771,42 +563,7 @@ fn percent_encode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Reply, decode_base64, path_after, percent_encode};
-
-    #[test]
-    fn paths_are_read_with_or_without_brackets_and_parameters() {
-        assert_eq!(
-            path_after("FROM:<a@b.c>", "FROM:").as_deref(),
-            Some("a@b.c")
-        );
-        assert_eq!(
-            path_after("from: <a@b.c> BODY=8BITMIME", "FROM:").as_deref(),
-            Some("a@b.c")
-        );
-        assert_eq!(path_after("TO:a@b.c", "TO:").as_deref(), Some("a@b.c"));
-        assert_eq!(path_after("FROM:<>", "FROM:").as_deref(), Some(""));
-        assert_eq!(path_after("TO:<a@b.c>", "FROM:"), None);
-        assert_eq!(path_after("FROM:<a@b.c", "FROM:"), None);
-        assert_eq!(path_after("", "TO:"), None);
-    }
-
-    #[test]
-    fn base64_decodes_with_and_without_padding() {
-        assert_eq!(
-            decode_base64("VXNlcm5hbWU6").as_deref(),
-            Some(&b"Username:"[..])
-        );
-        assert_eq!(
-            decode_base64("AHVzZXIAcGFzcw==").as_deref(),
-            Some(&b"\0user\0pass"[..])
-        );
-        assert_eq!(
-            decode_base64("AHVzZXIAcGFzcw").as_deref(),
-            Some(&b"\0user\0pass"[..])
-        );
-        assert_eq!(decode_base64("").as_deref(), Some(&b""[..]));
-        assert_eq!(decode_base64("not base64!"), None);
-    }
+    use super::{Reply, percent_encode};
 
     #[test]
     fn credentials_are_percent_encoded() {

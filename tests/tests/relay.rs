@@ -10,6 +10,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use identity_proto::identity::v1::{self as pb, verify_email_request::Proof};
 use identity_tests::{
+    outbox::enqueue,
     pg::{TestDb, free_port},
     process::{self, Process},
     server::Server,
@@ -45,40 +46,6 @@ async fn start_relay(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Pr
     let mut relay = Process::spawn("outbox-relay", &["serve"], &env);
     relay.wait_for_line("outbox-relay started", WAIT).await;
     relay
-}
-
-/// Queues `n` verification emails to `{prefix}{i}@example.com` straight into the outbox (with a
-/// notification), as identity-server would; returns the recipients.
-async fn enqueue(conn: &mut AsyncPgConnection, prefix: &str, n: i64) -> Vec<String> {
-    diesel::sql_query(
-        "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload)
-         SELECT gen_random_uuid(), 'user', gen_random_uuid()::text, 'email.verification.v1',
-                jsonb_build_object(
-                    'recipient', $1 || i || '@example.com',
-                    'display_name', 'User ' || i,
-                    'locale', 'en',
-                    'token', 'token-' || $1 || i,
-                    'code', lpad(i::text, 6, '0'),
-                    'expires_at', to_char((now() + interval '1 day') AT TIME ZONE 'UTC',
-                                          'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
-           FROM generate_series(1, $2) AS i",
-    )
-    .bind::<Text, _>(prefix)
-    .bind::<BigInt, _>(n)
-    .execute(conn)
-    .await
-    .expect("messages are queued");
-    notify(conn).await;
-    (1..=n)
-        .map(|i| format!("{prefix}{i}@example.com"))
-        .collect()
-}
-
-async fn notify(conn: &mut AsyncPgConnection) {
-    diesel::sql_query("SELECT pg_notify('outbox', '')")
-        .execute(conn)
-        .await
-        .expect("notifies");
 }
 
 #[derive(QueryableByName, Debug)]
@@ -290,8 +257,14 @@ async fn emails_queued_while_the_smtp_server_is_down_all_arrive_once_it_is_up() 
     let smtp_url = format!("smtp://127.0.0.1:{port}");
     let server = Server::start(&[]).await;
     let mut conn = server.db.connect().await;
-    let _relay = start_relay(&server.db.url, &smtp_url, &[]).await;
+    let _relay = start_relay(
+        &server.db.url,
+        &smtp_url,
+        &[("RELAY_MAX_ATTEMPTS", "100000")],
+    )
+    .await;
 
+    // Retries are quick here, so the default attempt limit would be reached during the outage.
     let recipients: Vec<String> = (1..=50)
         .map(|i| format!("patient{i}@example.com"))
         .collect();

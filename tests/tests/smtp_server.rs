@@ -168,8 +168,8 @@ async fn a_transient_reply_twice_is_followed_by_acceptance() {
 
     assert_eq!(
         outcomes,
-        [(vec![451], 554), (vec![451], 554), (vec![250], 250)],
-        "RCPT and final codes per attempt (DATA without an accepted recipient is 554)"
+        [(vec![451], 503), (vec![451], 503), (vec![250], 250)],
+        "RCPT and final codes per attempt (mailin answers DATA without an accepted recipient with 503)"
     );
     assert_eq!(server.attempts("bob@example.com"), 3);
     let message = server.wait_for_message_to("bob@example.com", WAIT).await;
@@ -191,8 +191,8 @@ async fn a_permanent_reply_refuses_every_attempt_and_records_nothing() {
         .await;
     client.quit().await;
 
-    assert_eq!(first, (vec![550], 554));
-    assert_eq!(second, (vec![550], 554));
+    assert_eq!(first, (vec![550], 503));
+    assert_eq!(second, (vec![550], 503));
     assert_eq!(mixed, (vec![550, 250], 250));
     assert_eq!(server.attempts("gone@example.com"), 3);
     let messages = server.wait_for_messages(1, WAIT).await;
@@ -285,7 +285,8 @@ async fn wrong_credentials_get_535_and_right_ones_allow_mail() {
     let sent = client.send("a@id.test", &["c@example.com"], "x").await;
     client.quit().await;
 
-    assert_eq!(before_auth, 530);
+    // mailin refuses MAIL before AUTH as a bad sequence of commands.
+    assert_eq!(before_auth, 503);
     assert_eq!(wrong_plain, 535);
     assert_eq!(login.0, 334);
     assert_eq!(login.1.trim_end(), "334 VXNlcm5hbWU6");

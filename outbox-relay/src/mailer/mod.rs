@@ -1,18 +1,18 @@
-//! Where emails go: an SMTP server through lettre's pooled transport, or, for development, a
+//! Where emails go: an SMTP server over pooled connections ([`smtp`]), or, for development, a
 //! folder of `.eml` files. Failures are sorted by what the relay should do about them.
+
+mod smtp;
 
 use std::{path::PathBuf, time::Duration};
 
-use lettre::{
-    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    transport::smtp::PoolConfig,
-};
+use deadpool::managed::{Object, PoolError};
+use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
 /// A configured way to send.
 pub enum Mailer {
     /// An SMTP server; connections are pooled and reused.
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp { pool: smtp::Pool, timeout: Duration },
     /// One `.eml` file per email in `dir`.
     Files {
         transport: AsyncFileTransport<Tokio1Executor>,
@@ -24,7 +24,7 @@ impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             // The transport holds the SMTP credentials: print nothing of it.
-            Self::Smtp(_) => f.write_str("Mailer::Smtp"),
+            Self::Smtp { .. } => f.write_str("Mailer::Smtp"),
             Self::Files { dir, .. } => f.debug_struct("Mailer::Files").field("dir", dir).finish(),
         }
     }
@@ -58,13 +58,13 @@ impl Mailer {
     /// An SMTP mailer for `url` in lettre's form (`smtps://user:pass@host`,
     /// `smtp://host:port?tls=required`, or `smtp://host:port` for plain text), with up to
     /// `connections` pooled connections.
-    pub fn smtp(url: &SecretString, connections: u32, timeout: Duration) -> anyhow::Result<Self> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
-            .map_err(|e| anyhow::anyhow!("SMTP_URL is not a valid SMTP URL: {e}"))?
-            .pool_config(PoolConfig::new().max_size(connections))
-            .timeout(Some(timeout))
-            .build();
-        Ok(Self::Smtp(transport))
+    pub fn smtp(url: &SecretString, connections: usize, timeout: Duration) -> anyhow::Result<Self> {
+        let target = smtp::Target::parse(url.expose_secret(), timeout)
+            .map_err(|e| anyhow::anyhow!("SMTP_URL: {e}"))?;
+        Ok(Self::Smtp {
+            pool: smtp::pool(target, connections)?,
+            timeout,
+        })
     }
 
     /// A mailer that writes each email to `dir` (created if missing).
@@ -80,11 +80,28 @@ impl Mailer {
     /// Sends one email.
     pub async fn send(&self, message: Message) -> Result<Sent, SendError> {
         match self {
-            Self::Smtp(transport) => transport
-                .send(message)
-                .await
-                .map(|_| Sent::Smtp)
-                .map_err(classify),
+            Self::Smtp { pool, timeout } => {
+                let mut conn = pool.get().await.map_err(|e| match e {
+                    PoolError::Backend(e) => classify_connect(e),
+                    other => SendError::Transient(format!("no SMTP connection: {other}")),
+                })?;
+                let bytes = message.formatted();
+                match tokio::time::timeout(*timeout, conn.send(message.envelope(), &bytes)).await {
+                    Ok(Ok(_)) => Ok(Sent::Smtp),
+                    // After a refusal or a timeout the session's state is unknown: close it
+                    // rather than return it to the pool.
+                    Ok(Err(e)) => {
+                        drop(Object::take(conn));
+                        Err(classify(e))
+                    }
+                    Err(_) => {
+                        drop(Object::take(conn));
+                        Err(SendError::Transient(
+                            "the SMTP server did not answer in time".into(),
+                        ))
+                    }
+                }
+            }
             Self::Files { transport, dir } => {
                 let id = transport
                     .send(message)
@@ -98,6 +115,13 @@ impl Mailer {
 
 /// SMTP reply codes that mean our credentials were refused.
 const AUTHENTICATION_CODES: [u16; 3] = [530, 534, 535];
+
+fn classify_connect(error: smtp::ConnectError) -> SendError {
+    match error {
+        smtp::ConnectError::Smtp(e) => classify(e),
+        other => SendError::Transient(other.to_string()),
+    }
+}
 
 fn classify(error: lettre::transport::smtp::Error) -> SendError {
     let code = error.status().map(u16::from);
