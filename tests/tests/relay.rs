@@ -549,3 +549,30 @@ async fn without_smtp_url_emails_are_written_as_files_and_the_link_is_logged() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn help_explains_the_relay_and_never_prints_the_smtp_password() {
+    let output = process::run(
+        "outbox-relay",
+        &["serve", "--help"],
+        &[("SMTP_URL", "smtps://relay:hunter2-secret@mail.example.com")],
+    );
+    let help = String::from_utf8_lossy(&output.stdout);
+    for documented in [
+        "DATABASE_URL",
+        "SMTP_URL",
+        "EMAIL_FROM",
+        "VERIFY_URL_TEMPLATE",
+        "RELAY_MAX_ATTEMPTS",
+        "RELAY_LEASE_SECS",
+    ] {
+        assert!(
+            help.contains(documented),
+            "{documented} missing from:\n{help}"
+        );
+    }
+    assert!(
+        !help.contains("hunter2-secret"),
+        "--help printed the SMTP password:\n{help}"
+    );
+}
