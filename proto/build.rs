@@ -7,6 +7,9 @@ use std::{env, fs, path::PathBuf};
 const PROTO_FILES: &[&str] = &[
     "identity/v1/user.proto",
     "identity/v1/registration_service.proto",
+    "identity/v1/session_service.proto",
+    "identity/v1/key_service.proto",
+    "identity/v1/user_service.proto",
 ];
 
 /// Messages whose generated `Debug` would print a secret.
@@ -15,6 +18,11 @@ const SECRET_BEARING: &[&str] = &[
     ".identity.v1.VerifyEmailRequest",
     ".identity.v1.VerifyEmailRequest.proof",
     ".identity.v1.EmailCode",
+    ".identity.v1.LoginRequest",
+    ".identity.v1.LoginResponse",
+    ".identity.v1.RefreshSessionRequest",
+    ".identity.v1.RefreshSessionResponse",
+    ".identity.v1.RevokeSessionRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,7 +1,7 @@
 //! The command line: `identity-server serve` and `identity-server migrate`. Every option can
 //! also come from the environment variable named in `--help`.
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use argon2::Params;
 use clap::{Args, Parser, Subcommand};
@@ -13,9 +13,10 @@ use crate::{
     db,
     domain::CodeKey,
     hashing::HashingConfig,
-    registration,
+    registration, sessions,
     startup::{self, Application, Settings},
     telemetry::{self, LogFormat},
+    tokens::KeyRing,
 };
 
 /// gRPC identity service: sign-up (Register, VerifyEmail, ResendVerificationEmail) on
@@ -46,6 +47,19 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
+    /// Write a new Ed25519 signing key (PASERK k4.secret, mode 0600) into the keys directory.
+    ///
+    /// The newest key signs new access tokens; older ones stay published (ListPublicKeys) so
+    /// tokens they signed keep verifying. Retire an old key by deleting its file once its
+    /// not_after has passed.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// Directory of signing keys (created if missing).
+    #[arg(long, env = "IDENTITY_KEYS_DIR")]
+    keys_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +124,31 @@ struct ServeArgs {
     #[arg(long, env = "IDENTITY_RESEND_COOLDOWN_SECS", default_value_t = 60)]
     resend_cooldown_secs: i64,
 
+    /// Directory of PASERK k4.secret signing keys (see `identity-server keygen`); in production
+    /// a mounted Kubernetes Secret.
+    #[arg(long, env = "IDENTITY_KEYS_DIR")]
+    keys_dir: PathBuf,
+
+    /// `iss` of access tokens.
+    #[arg(long, env = "IDENTITY_TOKEN_ISSUER", default_value = "identity")]
+    token_issuer: String,
+
+    /// `aud` of access tokens.
+    #[arg(
+        long,
+        env = "IDENTITY_TOKEN_AUDIENCE",
+        default_value = "identity-clients"
+    )]
+    token_audience: String,
+
+    /// Seconds an access token lives.
+    #[arg(long, env = "IDENTITY_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
+    access_token_ttl_secs: i64,
+
+    /// Seconds a session (its refresh tokens) lives, however often it is refreshed.
+    #[arg(long, env = "IDENTITY_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
+    refresh_token_ttl_secs: i64,
+
     /// Browser origins allowed to call over gRPC-Web (comma-separated), e.g.
     /// https://app.example.com. Empty: no cross-origin calls.
     #[arg(long, env = "IDENTITY_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -142,6 +181,15 @@ impl ServeArgs {
             self.resend_cooldown_secs >= 0,
             "the resend cooldown cannot be negative"
         );
+        anyhow::ensure!(
+            self.access_token_ttl_secs > 0,
+            "the access token lifetime must be positive"
+        );
+        anyhow::ensure!(
+            self.refresh_token_ttl_secs > 0,
+            "the refresh token lifetime must be positive"
+        );
+        let keys = KeyRing::load(&self.keys_dir)?;
         Ok(Settings {
             grpc_addr: self.grpc_addr,
             database: db::PoolConfig {
@@ -159,6 +207,14 @@ impl ServeArgs {
                 verification_ttl: time::Duration::seconds(self.verification_ttl_secs),
                 resend_cooldown: time::Duration::seconds(self.resend_cooldown_secs),
                 ..registration::Settings::default()
+            },
+            keys: Arc::new(keys),
+            sessions: sessions::Settings {
+                issuer: self.token_issuer,
+                audience: self.token_audience,
+                access_ttl: time::Duration::seconds(self.access_token_ttl_secs),
+                refresh_ttl: time::Duration::seconds(self.refresh_token_ttl_secs),
+                ..sessions::Settings::default()
             },
             cors_allowed_origins: self.cors_allowed_origins,
         })
@@ -182,6 +238,7 @@ impl Cli {
         let result = runtime.block_on(async {
             match self.command {
                 Command::Migrate(args) => migrate(&args.database_url).await,
+                Command::Keygen(args) => keygen(&args.keys_dir),
                 Command::Serve(args) => serve(*args).await,
             }
         });
@@ -193,6 +250,13 @@ impl Cli {
             }
         }
     }
+}
+
+fn keygen(keys_dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = KeyRing::generate(keys_dir, time::OffsetDateTime::now_utc())?;
+    let ring = KeyRing::load(keys_dir)?;
+    tracing::info!(path = %path.display(), key_id = ring.active_key_id(), "signing key written; it signs new tokens from the next start");
+    Ok(())
 }
 
 async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {

@@ -48,9 +48,34 @@ pub enum HashError {
     Failed(#[from] anyhow::Error),
 }
 
+/// What a worker is asked to do.
+enum Task {
+    /// Hash a new password.
+    Hash,
+    /// Check a password against a stored PHC string.
+    Verify(String),
+}
+
+/// What a worker did.
+enum Outcome {
+    Hashed(String),
+    Verified(Verification),
+}
+
+/// The result of checking a password against a stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verification {
+    /// Whether the password is the one the hash was made from.
+    pub matches: bool,
+    /// Whether the hash was made with other parameters than the current ones, so a matching
+    /// password should be hashed again.
+    pub outdated: bool,
+}
+
 struct Job {
     password: SecretString,
-    reply: oneshot::Sender<anyhow::Result<String>>,
+    task: Task,
+    reply: oneshot::Sender<anyhow::Result<Outcome>>,
     span: Span,
 }
 
@@ -95,9 +120,51 @@ impl PasswordHasher {
 
     /// Hashes `password` into an Argon2id PHC string, waiting for a worker if need be.
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+        match self
+            .run(SecretString::from(password.expose()), Task::Hash)
+            .await?
+        {
+            Outcome::Hashed(phc) => Ok(phc),
+            Outcome::Verified(_) => Err(anyhow::anyhow!("a hash job came back as a check").into()),
+        }
+    }
+
+    /// Checks `password` (as typed, unparsed: a login must not reveal the policy) against the
+    /// stored PHC string `phc`, with the same bounded queue as hashing. For an unknown user, pass
+    /// [`PasswordHasher::dummy_hash`] so the answer takes as long.
+    pub async fn verify(&self, password: &str, phc: &str) -> Result<Verification, HashError> {
+        match self
+            .run(SecretString::from(password), Task::Verify(phc.to_owned()))
+            .await?
+        {
+            Outcome::Verified(verification) => Ok(verification),
+            Outcome::Hashed(_) => Err(anyhow::anyhow!("a check came back as a hash").into()),
+        }
+    }
+
+    /// Hashes a password that was already accepted once (at login, to upgrade an outdated
+    /// hash); the policy is not applied again.
+    pub async fn rehash(&self, password: &str) -> Result<String, HashError> {
+        match self.run(SecretString::from(password), Task::Hash).await? {
+            Outcome::Hashed(phc) => Ok(phc),
+            Outcome::Verified(_) => Err(anyhow::anyhow!("a hash job came back as a check").into()),
+        }
+    }
+
+    /// A valid hash of a random password with the current parameters, to check against when
+    /// there is no user, so that unknown and known addresses take the same time.
+    pub async fn dummy_hash(&self) -> Result<String, HashError> {
+        let mut random = [0u8; 24];
+        rand::fill(&mut random);
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        self.rehash(&password).await
+    }
+
+    async fn run(&self, password: SecretString, task: Task) -> Result<Outcome, HashError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            password: SecretString::from(password.expose()),
+            password,
+            task,
             reply,
             span: Span::current(),
         };
@@ -138,7 +205,14 @@ fn work(queue: &Mutex<mpsc::Receiver<Job>>, params: &Params, last_hash_micros: &
         }
         let _entered = job.span.enter();
         let started = Instant::now();
-        let result = hash_with_memory(job.password.expose_secret(), params, &mut memory);
+        let result = match &job.task {
+            Task::Hash => hash_with_memory(job.password.expose_secret(), params, &mut memory)
+                .map(Outcome::Hashed),
+            Task::Verify(phc) => {
+                verify_with_memory(job.password.expose_secret(), phc, params, &mut memory)
+                    .map(Outcome::Verified)
+            }
+        };
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         last_hash_micros.store(micros, Ordering::Relaxed);
         let _ = job.reply.send(result);
@@ -165,6 +239,46 @@ pub fn hash_with_memory(
         hash: Some(phc::Output::new(&output).map_err(|e| anyhow::anyhow!("phc: {e}"))?),
     };
     Ok(phc_hash.to_string())
+}
+
+/// Checks `password` against `phc`, reusing `memory` when the stored parameters fit in it.
+fn verify_with_memory(
+    password: &str,
+    phc: &str,
+    current: &Params,
+    memory: &mut [Block],
+) -> anyhow::Result<Verification> {
+    let stored = phc::PasswordHash::new(phc).map_err(|e| anyhow::anyhow!("stored hash: {e}"))?;
+    let params =
+        Params::try_from(&stored).map_err(|e| anyhow::anyhow!("stored hash parameters: {e}"))?;
+    let (Some(salt), Some(expected)) = (&stored.salt, &stored.hash) else {
+        anyhow::bail!("the stored hash has no salt or output");
+    };
+    let mut output = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let blocks = params.block_count();
+    let computed = if blocks <= memory.len() {
+        argon2.hash_password_into_with_memory(
+            password.as_bytes(),
+            salt.as_ref(),
+            &mut output,
+            &mut memory[..blocks],
+        )
+    } else {
+        // A hash made with more memory than today's: allocate for this one check.
+        argon2.hash_password_into(password.as_bytes(), salt.as_ref(), &mut output)
+    };
+    computed.map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+    let output = phc::Output::new(&output).map_err(|e| anyhow::anyhow!("phc: {e}"))?;
+    Ok(Verification {
+        // phc's Output compares in constant time.
+        matches: &output == expected,
+        outdated: stored.algorithm != Algorithm::Argon2id.ident()
+            || stored.version != Some(Version::V0x13.into())
+            || params.m_cost() != current.m_cost()
+            || params.t_cost() != current.t_cost()
+            || params.p_cost() != current.p_cost(),
+    })
 }
 
 #[cfg(test)]
@@ -209,6 +323,66 @@ mod tests {
             .await
             .expect("hashes");
         assert_ne!(again, phc_string, "every hash has its own salt");
+    }
+
+    #[tokio::test]
+    async fn verification_matches_only_the_right_password_and_flags_old_parameters() {
+        let hasher = PasswordHasher::start(HashingConfig {
+            params: Params::DEFAULT,
+            workers: 1,
+            queue: 4,
+        })
+        .expect("threads start");
+        let phc_string = hasher
+            .hash(password("tangerine-kettle-orbit"))
+            .await
+            .expect("hashes");
+
+        let right = hasher
+            .verify("tangerine-kettle-orbit", &phc_string)
+            .await
+            .expect("checks");
+        assert_eq!(
+            right,
+            Verification {
+                matches: true,
+                outdated: false
+            }
+        );
+        let wrong = hasher
+            .verify("tangerine-kettle-orbiT", &phc_string)
+            .await
+            .expect("checks");
+        assert!(!wrong.matches);
+
+        // A hash made with weaker parameters still verifies, and says it is outdated.
+        let weak = Params::new(8 * 1024, 1, 1, None).expect("valid params");
+        let old = hash_with_memory(
+            "tangerine-kettle-orbit",
+            &weak,
+            &mut vec![Block::default(); weak.block_count()],
+        )
+        .expect("hashes");
+        let checked = hasher
+            .verify("tangerine-kettle-orbit", &old)
+            .await
+            .expect("checks");
+        assert_eq!(
+            checked,
+            Verification {
+                matches: true,
+                outdated: true
+            }
+        );
+
+        let dummy = hasher.dummy_hash().await.expect("hashes");
+        assert!(
+            !hasher
+                .verify("tangerine-kettle-orbit", &dummy)
+                .await
+                .expect("checks")
+                .matches
+        );
     }
 
     #[tokio::test]

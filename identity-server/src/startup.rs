@@ -4,7 +4,10 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
-use identity_proto::identity::v1::registration_service_server::RegistrationServiceServer;
+use identity_proto::identity::v1::{
+    key_service_server::KeyServiceServer, registration_service_server::RegistrationServiceServer,
+    session_service_server::SessionServiceServer, user_service_server::UserServiceServer,
+};
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -18,9 +21,11 @@ use crate::{
     clock::Clock,
     db,
     domain::CodeKey,
-    grpc::RegistrationApi,
+    grpc::{BearerAuth, KeyApi, RegistrationApi, SessionApi, UserApi},
     hashing::{HashingConfig, PasswordHasher},
     registration::{self, Registration},
+    sessions::{self, Sessions},
+    tokens::KeyRing,
 };
 
 /// How long in-flight calls may take to finish once shutdown starts (Kubernetes gives a pod
@@ -36,17 +41,31 @@ pub struct Settings {
     pub hashing: HashingConfig,
     pub code_key: CodeKey,
     pub registration: registration::Settings,
+    /// The keys that sign access tokens.
+    pub keys: Arc<KeyRing>,
+    pub sessions: sessions::Settings,
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
     pub cors_allowed_origins: Vec<HeaderValue>,
 }
 
 /// A server bound to its port, ready to run.
-#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     registration: Arc<Registration>,
+    sessions: Arc<Sessions>,
+    keys: Arc<KeyRing>,
+    pool: db::Pool,
+    clock: Arc<dyn Clock>,
     cors_allowed_origins: Vec<HeaderValue>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Application {
@@ -56,18 +75,32 @@ impl Application {
         let pool = db::pool(&settings.database)?;
         let hasher = PasswordHasher::start(settings.hashing)?;
         let registration = Arc::new(Registration::new(
-            pool,
-            hasher,
+            pool.clone(),
+            hasher.clone(),
             settings.code_key,
-            clock,
+            Arc::clone(&clock),
             settings.registration,
         ));
+        let sessions = Arc::new(
+            Sessions::new(
+                pool.clone(),
+                hasher,
+                Arc::clone(&settings.keys),
+                Arc::clone(&clock),
+                settings.sessions,
+            )
+            .await?,
+        );
         let listener = TcpListener::bind(settings.grpc_addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
             listener,
             local_addr,
             registration,
+            sessions,
+            keys: settings.keys,
+            pool,
+            clock,
             cors_allowed_origins: settings.cors_allowed_origins,
         })
     }
@@ -95,6 +128,21 @@ impl Application {
             .build_v1alpha()?;
 
         let registration = RegistrationServiceServer::new(RegistrationApi::new(self.registration));
+        let token_settings = self.sessions.settings().clone();
+        let session_service = SessionServiceServer::new(SessionApi::new(self.sessions));
+        let key_service = KeyServiceServer::new(KeyApi::new(
+            Arc::clone(&self.keys),
+            token_settings.access_ttl,
+        ));
+        let user_service = UserServiceServer::with_interceptor(
+            UserApi::new(self.pool),
+            BearerAuth::new(
+                self.keys,
+                self.clock,
+                token_settings.issuer,
+                token_settings.audience,
+            ),
+        );
 
         tracing::info!(grpc.addr = %self.local_addr, "identity-server listening");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
@@ -116,6 +164,9 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(registration)
+            .add_service(session_service)
+            .add_service(key_service)
+            .add_service(user_service)
             .serve_with_incoming_shutdown(incoming, {
                 let stopping = Arc::clone(&stopping);
                 async move {
@@ -145,13 +196,16 @@ impl Application {
 
 /// Health of the whole server ("") and of each service, per the gRPC health protocol.
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health
-        .set_service_status(
-            <RegistrationServiceServer<RegistrationApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
+    use tonic::server::NamedService;
+    for service in [
+        "",
+        <RegistrationServiceServer<RegistrationApi> as NamedService>::NAME,
+        <SessionServiceServer<SessionApi> as NamedService>::NAME,
+        <KeyServiceServer<KeyApi> as NamedService>::NAME,
+        <UserServiceServer<UserApi> as NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// CORS for gRPC-Web callers in browsers; tonic-web does not answer preflight requests itself.

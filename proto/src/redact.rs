@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use crate::identity::v1::{EmailCode, RegisterRequest, VerifyEmailRequest, verify_email_request};
+use crate::identity::v1::{
+    EmailCode, LoginRequest, LoginResponse, RefreshSessionRequest, RefreshSessionResponse,
+    RegisterRequest, RevokeSessionRequest, VerifyEmailRequest, verify_email_request,
+};
 
 const REDACTED: &str = "<redacted>";
 
@@ -44,6 +47,51 @@ impl fmt::Debug for EmailCode {
     }
 }
 
+impl fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+/// The two session responses have the same fields; both hide their tokens.
+macro_rules! redacted_session_response {
+    ($message:ident) => {
+        impl fmt::Debug for $message {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($message))
+                    .field("user_id", &self.user_id)
+                    .field("access_token", &REDACTED)
+                    .field("access_token_expires_at", &self.access_token_expires_at)
+                    .field("refresh_token", &REDACTED)
+                    .field("refresh_token_expires_at", &self.refresh_token_expires_at)
+                    .finish()
+            }
+        }
+    };
+}
+
+redacted_session_response!(LoginResponse);
+redacted_session_response!(RefreshSessionResponse);
+
+/// Requests that carry nothing but a refresh token.
+macro_rules! redacted_refresh_request {
+    ($message:ident) => {
+        impl fmt::Debug for $message {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($message))
+                    .field("refresh_token", &REDACTED)
+                    .finish()
+            }
+        }
+    };
+}
+
+redacted_refresh_request!(RefreshSessionRequest);
+redacted_refresh_request!(RevokeSessionRequest);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,9 +113,30 @@ mod tests {
                 code: "123456".into(),
             })),
         };
-        let printed = format!("{register:?} {by_token:?} {by_code:?}");
-        assert!(printed.contains("ada@example.com"));
-        for secret in ["hunter2", "tok-secret", "123456"] {
+        let login = LoginRequest {
+            email: "ada@example.com".into(),
+            password: "login-secret".into(),
+        };
+        let session = LoginResponse {
+            user_id: "u1".into(),
+            access_token: "v4.public.access-secret".into(),
+            refresh_token: "refresh-secret".into(),
+            ..LoginResponse::default()
+        };
+        let refresh = RefreshSessionRequest {
+            refresh_token: "refresh-secret".into(),
+        };
+        let printed =
+            format!("{register:?} {by_token:?} {by_code:?} {login:?} {session:?} {refresh:?}");
+        assert!(printed.contains("ada@example.com") && printed.contains("u1"));
+        for secret in [
+            "hunter2",
+            "tok-secret",
+            "123456",
+            "login-secret",
+            "access-secret",
+            "refresh-secret",
+        ] {
             assert!(!printed.contains(secret), "{secret} leaked: {printed}");
         }
     }

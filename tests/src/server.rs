@@ -25,6 +25,8 @@ pub struct Server {
     pub process: Process,
     pub addr: String,
     pub db: TestDb,
+    /// The signing keys, made with `identity-server keygen`.
+    pub keys_dir: std::path::PathBuf,
 }
 
 impl Server {
@@ -41,11 +43,20 @@ impl Server {
             &[("DATABASE_URL", &db.url)],
         );
         assert!(migrate.status.success(), "migrate failed: {migrate:?}");
+        let keys_dir = std::env::temp_dir().join(format!("identity-keys-{}", db.name));
+        let keys = keys_dir.display().to_string();
+        let keygen = process::run(
+            "identity-server",
+            &["keygen"],
+            &[("IDENTITY_KEYS_DIR", &keys)],
+        );
+        assert!(keygen.status.success(), "keygen failed: {keygen:?}");
 
         let mut env = vec![
             ("DATABASE_URL", db.url.as_str()),
             ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
             ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+            ("IDENTITY_KEYS_DIR", keys.as_str()),
         ];
         env.extend_from_slice(extra_env);
         let mut process = Process::spawn("identity-server", &["serve"], &env);
@@ -55,7 +66,12 @@ impl Server {
         let addr = process::field(&line, "grpc.addr")
             .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
             .to_owned();
-        Self { process, addr, db }
+        Self {
+            process,
+            addr,
+            db,
+            keys_dir,
+        }
     }
 
     /// A connected channel.

@@ -116,6 +116,14 @@ async fn the_built_server_migrates_serves_health_reflection_and_signs_a_user_up(
 #[tokio::test]
 async fn serve_refuses_to_start_while_migrations_are_pending() {
     let db = TestDb::create_empty().await;
+    let keys = std::env::temp_dir().join(format!("identity-keys-{}", db.name));
+    let keys = keys.display().to_string();
+    let keygen = process::run(
+        "identity-server",
+        &["keygen"],
+        &[("IDENTITY_KEYS_DIR", &keys)],
+    );
+    assert!(keygen.status.success(), "keygen failed: {keygen:?}");
 
     let output = process::run(
         "identity-server",
@@ -124,6 +132,7 @@ async fn serve_refuses_to_start_while_migrations_are_pending() {
             ("DATABASE_URL", &db.url),
             ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
             ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+            ("IDENTITY_KEYS_DIR", &keys),
         ],
     );
 

@@ -4,6 +4,7 @@
 
 pub mod outbox;
 pub mod schema;
+pub mod sessions;
 pub mod users;
 pub mod verification;
 
@@ -18,6 +19,12 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
+
+#[diesel::declare_sql_function]
+extern "SQL" {
+    /// PostgreSQL's `lower(text)`, as the unique index on `users` compares addresses.
+    fn lower(value: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
 
 /// Every migration in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");

@@ -1,6 +1,15 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    login_throttle (email_key) {
+        email_key -> Text,
+        failures -> Int4,
+        last_failed_at -> Timestamptz,
+        blocked_until -> Timestamptz,
+    }
+}
+
+diesel::table! {
     outbox (id) {
         id -> Uuid,
         aggregate_type -> Text,
@@ -14,6 +23,26 @@ diesel::table! {
         lease_token -> Nullable<Uuid>,
         leased_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Bytea,
+        session_id -> Uuid,
+        created_at -> Timestamptz,
+        retired_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+        revoked_reason -> Nullable<Text>,
     }
 }
 
@@ -44,6 +73,15 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(verification_secrets -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(outbox, users, verification_secrets,);
+diesel::allow_tables_to_appear_in_same_query!(
+    login_throttle,
+    outbox,
+    refresh_tokens,
+    sessions,
+    users,
+    verification_secrets,
+);

@@ -1,21 +1,15 @@
 //! Queries on `users`.
 
-use diesel::{prelude::*, sql_types::Text};
+use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{StoreError, is_unique_violation, schema::users};
+use super::{StoreError, is_unique_violation, lower, schema::users};
 use crate::domain::UserStatus;
 
 /// The unique index that makes an address belong to one account, whatever its letter case.
 const EMAIL_UNIQUE_INDEX: &str = "users_email_lower_key";
-
-#[diesel::declare_sql_function]
-extern "SQL" {
-    /// PostgreSQL's `lower(text)`.
-    fn lower(value: Text) -> Text;
-}
 
 /// A user row to insert.
 #[derive(Debug, Insertable)]
@@ -117,4 +111,29 @@ pub async fn activate(
         .execute(conn)
         .await?;
     Ok(updated == 1)
+}
+
+/// What a user sees of their own account.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+pub struct Profile {
+    pub id: Uuid,
+    pub email: String,
+    pub status: String,
+    pub display_name: String,
+    pub locale: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// The account with this id.
+pub async fn profile(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<Profile>, StoreError> {
+    Ok(users::table
+        .find(id)
+        .select(Profile::as_select())
+        .first(conn)
+        .await
+        .optional()?)
 }

@@ -13,6 +13,9 @@ pub use locale::Locale;
 pub use password::Password;
 pub use verification::{CodeKey, TokenHash, VerificationCode, VerificationToken};
 
+/// A refresh token: the same kind of opaque secret as a verification link token.
+pub type RefreshToken = VerificationToken;
+
 /// Why an input was rejected, in words fit for the caller (it becomes the description of a
 /// `google.rpc.BadRequest` field violation). It never echoes the input, which may be a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

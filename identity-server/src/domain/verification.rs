@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::Invalid;
 
-/// A link token: 32 random bytes, base64url without padding (43 characters).
+/// An opaque secret token: 32 random bytes, base64url without padding (43 characters), stored
+/// only as its SHA-256. Verification links and refresh tokens are both made of it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VerificationToken(String);
 
@@ -35,9 +36,7 @@ impl VerificationToken {
                 .decode(raw)
                 .is_ok_and(|bytes| bytes.len() == Self::BYTES);
         if !well_formed {
-            return Err(Invalid(
-                "must be the 43-character token from the verification link",
-            ));
+            return Err(Invalid("must be a 43-character base64url token"));
         }
         Ok(Self(raw.to_owned()))
     }

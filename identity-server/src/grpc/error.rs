@@ -12,6 +12,7 @@ use crate::{
     db::StoreError,
     domain::Invalid,
     registration::{RegisterError, ResendError, VerifyEmailError},
+    sessions::{LoginError, RefreshError},
 };
 
 /// `ErrorInfo.domain` of every error.
@@ -28,6 +29,11 @@ impl FieldViolations {
     /// Keeps the value if it parsed, or records why field `field` did not.
     pub fn check<T>(&mut self, field: &'static str, parsed: Result<T, Invalid>) -> Option<T> {
         parsed.map_err(|why| self.0.push((field, why))).ok()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Records a violation directly.
@@ -149,6 +155,54 @@ impl From<ResendError> for Status {
         match error {
             ResendError::Store(e) => e.into(),
             ResendError::Unexpected(e) => unexpected(e.as_ref()),
+        }
+    }
+}
+
+/// UNAUTHENTICATED with `reason`.
+pub fn unauthenticated(reason: &str, message: &str) -> Status {
+    status(Code::Unauthenticated, reason, message)
+}
+
+impl From<LoginError> for Status {
+    fn from(error: LoginError) -> Self {
+        match error {
+            LoginError::InvalidCredentials => unauthenticated(
+                "INVALID_CREDENTIALS",
+                "the email address or the password is wrong",
+            ),
+            LoginError::EmailNotVerified => status(
+                Code::FailedPrecondition,
+                "EMAIL_NOT_VERIFIED",
+                "verify the email address before signing in",
+            ),
+            LoginError::Throttled { retry_after } => retry_later(
+                Code::ResourceExhausted,
+                "LOGIN_THROTTLED",
+                "too many failed sign-ins for this address; retry after the delay in RetryInfo",
+                retry_after,
+            ),
+            LoginError::Overloaded { retry_after } => retry_later(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "the service is busy; retry after the delay in RetryInfo",
+                retry_after,
+            ),
+            LoginError::Store(e) => e.into(),
+            LoginError::Unexpected(e) => unexpected(e.as_ref()),
+        }
+    }
+}
+
+impl From<RefreshError> for Status {
+    fn from(error: RefreshError) -> Self {
+        match error {
+            RefreshError::Invalid => unauthenticated(
+                "REFRESH_TOKEN_INVALID",
+                "the refresh token is invalid, expired or revoked; sign in again",
+            ),
+            RefreshError::Store(e) => e.into(),
+            RefreshError::Unexpected(e) => unexpected(e.as_ref()),
         }
     }
 }

@@ -2,6 +2,12 @@
 //! and turn their errors into statuses (all in [`error`]).
 
 pub mod error;
+mod keys;
 mod registration;
+mod sessions;
+mod users;
 
+pub use keys::KeyApi;
 pub use registration::RegistrationApi;
+pub use sessions::SessionApi;
+pub use users::{BearerAuth, UserApi};

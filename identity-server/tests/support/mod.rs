@@ -16,8 +16,9 @@ use identity_server::{
     db::{self, schema},
     domain::CodeKey,
     hashing::HashingConfig,
-    registration,
+    registration, sessions,
     startup::{Application, Settings},
+    tokens::KeyRing,
 };
 use identity_tests::pg::TestDb;
 use secrecy::SecretString;
@@ -33,6 +34,10 @@ pub struct TestApp {
     pub db: TestDb,
     pub clock: ManualClock,
     pub client: RegistrationServiceClient<Channel>,
+    /// A channel to the server, for the other services' clients.
+    pub channel: Channel,
+    /// The directory of signing keys the server loaded.
+    pub keys_dir: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -49,6 +54,12 @@ impl TestApp {
 
     /// A server on the given database.
     pub async fn spawn_on(db: TestDb, customize: impl FnOnce(&mut Settings)) -> Self {
+        let clock = ManualClock::new(time::OffsetDateTime::now_utc());
+        let keys_dir =
+            std::env::temp_dir().join(format!("identity-keys-{}", uuid::Uuid::new_v4().simple()));
+        KeyRing::generate(&keys_dir, identity_server::clock::Clock::now(&clock))
+            .expect("a key is generated");
+        let keys = KeyRing::load(&keys_dir).expect("the key loads");
         let mut settings = Settings {
             grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
             database: db::PoolConfig {
@@ -63,10 +74,11 @@ impl TestApp {
             },
             code_key: CodeKey::new(vec![42; 32]).expect("long enough"),
             registration: registration::Settings::default(),
+            keys: std::sync::Arc::new(keys),
+            sessions: sessions::Settings::default(),
             cors_allowed_origins: Vec::new(),
         };
         customize(&mut settings);
-        let clock = ManualClock::new(time::OffsetDateTime::now_utc());
         let app = Application::build(settings, Arc::new(clock.clone()))
             .await
             .expect("server builds");
@@ -75,13 +87,17 @@ impl TestApp {
         tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
-        let client = RegistrationServiceClient::connect(format!("http://{addr}"))
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("valid URI")
+            .connect()
             .await
             .expect("server accepts connections");
         Self {
             db,
             clock,
-            client,
+            client: RegistrationServiceClient::new(channel.clone()),
+            channel,
+            keys_dir,
             stop: Some(stop),
         }
     }

@@ -1,0 +1,128 @@
+use std::time::Duration as StdDuration;
+
+use diesel_async::AsyncConnection;
+use secrecy::{ExposeSecret, SecretString};
+use tracing::field;
+use uuid::Uuid;
+
+use super::{Issued, Sessions};
+use crate::{
+    db::{self, StoreError},
+    domain::{EmailAddress, UserStatus},
+    hashing::HashError,
+};
+
+/// Why a login failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Unknown address or wrong password: the caller is not told which.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("the email address is not verified yet")]
+    EmailNotVerified,
+    #[error("too many failed logins for this address")]
+    Throttled { retry_after: StdDuration },
+    #[error("password hashing is saturated")]
+    Overloaded { retry_after: StdDuration },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<diesel::result::Error> for LoginError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<HashError> for LoginError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Overloaded { retry_after } => Self::Overloaded { retry_after },
+            HashError::Failed(e) => Self::Unexpected(e),
+        }
+    }
+}
+
+impl Sessions {
+    /// Checks the credentials and starts a session. An unknown address costs the same hash as
+    /// a known one; consecutive failures for an address (known or not) are delayed more and
+    /// more, in the database, so every replica agrees.
+    #[tracing::instrument(name = "login", skip_all, fields(user_id = field::Empty))]
+    pub async fn login(
+        &self,
+        email: EmailAddress,
+        password: SecretString,
+    ) -> Result<Issued, LoginError> {
+        let email_key = email.as_ref().to_lowercase();
+        let now = self.clock.now();
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+
+        if let Some(until) = db::sessions::blocked_until(&mut conn, &email_key).await?
+            && until > now
+        {
+            let retry_after = StdDuration::try_from(until - now).unwrap_or_default();
+            return Err(LoginError::Throttled { retry_after });
+        }
+
+        let user = db::sessions::credentials(&mut conn, email.as_ref()).await?;
+        let stored = user
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        let verification = self.hasher.verify(password.expose_secret(), stored).await?;
+        let Some(user) = user.filter(|_| verification.matches) else {
+            let failures = db::sessions::record_failure(&mut conn, &email_key, now).await?;
+            let delay = self.settings.delay_after(failures);
+            if !delay.is_zero() {
+                db::sessions::block(&mut conn, &email_key, now + delay).await?;
+            }
+            tracing::info!(failures, "login refused: invalid credentials");
+            return Err(LoginError::InvalidCredentials);
+        };
+        tracing::Span::current().record("user_id", field::display(user.id));
+        db::sessions::clear_failures(&mut conn, &email_key).await?;
+        if UserStatus::from_db(&user.status) != Some(UserStatus::Active) {
+            return Err(LoginError::EmailNotVerified);
+        }
+        if verification.outdated {
+            let upgraded = self.hasher.rehash(password.expose_secret()).await?;
+            db::sessions::upgrade_password_hash(
+                &mut conn,
+                user.id,
+                &user.password_hash,
+                &upgraded,
+                now,
+            )
+            .await?;
+            tracing::info!("password hash upgraded to the current parameters");
+        }
+
+        let session_id = Uuid::now_v7();
+        let refresh_expires_at = now + self.settings.refresh_ttl;
+        let refresh_token = conn
+            .transaction(async |conn| {
+                db::sessions::insert_session(
+                    conn,
+                    &db::sessions::NewSession {
+                        id: session_id,
+                        user_id: user.id,
+                        created_at: now,
+                        expires_at: refresh_expires_at,
+                    },
+                )
+                .await?;
+                Ok::<_, LoginError>(Self::new_refresh_token(conn, session_id, now).await?)
+            })
+            .await?;
+        let (access_token, access_expires_at) = self.access_token(user.id, session_id, now)?;
+        tracing::info!(session_id = %session_id, "session started");
+        Ok(Issued {
+            user_id: user.id,
+            access_token,
+            access_expires_at,
+            refresh_token,
+            refresh_expires_at,
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! Sessions: Login starts one, RefreshSession rotates its refresh token, RevokeSession ends it.
+//! Access tokens are PASETO v4.public, signed by [`crate::tokens::KeyRing`]; refresh tokens are
+//! opaque and stored only as SHA-256.
+
+mod login;
+mod refresh;
+
+use std::{sync::Arc, time::Duration as StdDuration};
+
+use diesel_async::AsyncPgConnection;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+pub use login::LoginError;
+pub use refresh::RefreshError;
+
+use crate::{
+    clock::Clock,
+    db::{self, StoreError},
+    domain::RefreshToken,
+    hashing::PasswordHasher,
+    tokens::{AccessClaims, KeyRing},
+};
+
+/// Lifetimes, token audience, and the login throttle.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// How long an access token lives.
+    pub access_ttl: Duration,
+    /// How long a session lives, however often it is refreshed.
+    pub refresh_ttl: Duration,
+    /// Consecutive failures allowed before logins for an address are delayed.
+    pub free_failures: i32,
+    /// The first delay; each further failure doubles it.
+    pub first_delay: StdDuration,
+    /// The longest delay.
+    pub max_delay: StdDuration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            issuer: "identity".into(),
+            audience: "identity-clients".into(),
+            access_ttl: Duration::minutes(15),
+            refresh_ttl: Duration::days(30),
+            free_failures: 3,
+            first_delay: StdDuration::from_secs(1),
+            max_delay: StdDuration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Settings {
+    /// How long logins wait after `failures` consecutive failures (zero while free).
+    pub fn delay_after(&self, failures: i32) -> StdDuration {
+        let over = failures - self.free_failures;
+        if over < 0 {
+            return StdDuration::ZERO;
+        }
+        let doubled = self.first_delay.saturating_mul(
+            1u32.checked_shl(over.unsigned_abs().min(31))
+                .unwrap_or(u32::MAX),
+        );
+        doubled.min(self.max_delay)
+    }
+}
+
+/// A session's tokens, as Login and RefreshSession return them.
+pub struct Issued {
+    pub user_id: Uuid,
+    pub access_token: String,
+    pub access_expires_at: OffsetDateTime,
+    pub refresh_token: RefreshToken,
+    pub refresh_expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("user_id", &self.user_id)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session service and what it depends on.
+pub struct Sessions {
+    pool: db::Pool,
+    hasher: PasswordHasher,
+    keys: Arc<KeyRing>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    /// Checked against when the address is unknown, so that the answer takes as long.
+    dummy_hash: String,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Assembles the service; computes the dummy hash once.
+    pub async fn new(
+        pool: db::Pool,
+        hasher: PasswordHasher,
+        keys: Arc<KeyRing>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> anyhow::Result<Self> {
+        let dummy_hash = hasher
+            .dummy_hash()
+            .await
+            .map_err(|e| anyhow::anyhow!("computing the dummy hash: {e}"))?;
+        Ok(Self {
+            pool,
+            hasher,
+            keys,
+            clock,
+            settings,
+            dummy_hash,
+        })
+    }
+
+    /// The settings (for the token verifier of authenticated services).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Gives `session_id` a fresh refresh token inside the caller's transaction.
+    async fn new_refresh_token(
+        conn: &mut AsyncPgConnection,
+        session_id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<RefreshToken, StoreError> {
+        let token = RefreshToken::generate();
+        db::sessions::insert_refresh_token(conn, session_id, &token.hash(), now).await?;
+        Ok(token)
+    }
+
+    /// Signs an access token for the session.
+    fn access_token(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<(String, OffsetDateTime)> {
+        let claims = AccessClaims {
+            issuer: self.settings.issuer.clone(),
+            audience: self.settings.audience.clone(),
+            subject: user_id,
+            session_id,
+            roles: vec!["user".into()],
+        };
+        let issued = self
+            .keys
+            .issue(&claims, now, self.settings.access_ttl)
+            .map_err(|e| anyhow::anyhow!("signing an access token: {e}"))?;
+        Ok((issued.token, issued.expires_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_delays_double_after_the_free_failures_up_to_the_cap() {
+        let settings = Settings::default();
+        let delays: Vec<u64> = (1..=8).map(|n| settings.delay_after(n).as_secs()).collect();
+        assert_eq!(delays, [0, 0, 1, 2, 4, 8, 16, 32]);
+        assert_eq!(settings.delay_after(100), StdDuration::from_secs(900));
+    }
+}
