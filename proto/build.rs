@@ -10,6 +10,7 @@ const PROTO_FILES: &[&str] = &[
     "identity/v1/session_service.proto",
     "identity/v1/key_service.proto",
     "identity/v1/user_service.proto",
+    "identity/v1/password_reset_service.proto",
 ];
 
 /// Messages whose generated `Debug` would print a secret.
@@ -23,6 +24,7 @@ const SECRET_BEARING: &[&str] = &[
     ".identity.v1.RefreshSessionRequest",
     ".identity.v1.RefreshSessionResponse",
     ".identity.v1.RevokeSessionRequest",
+    ".identity.v1.ResetPasswordRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -13,7 +13,7 @@ use crate::{
     db,
     domain::CodeKey,
     hashing::HashingConfig,
-    registration, sessions,
+    password_reset, registration, sessions,
     startup::{self, Application, Settings},
     telemetry::{self, LogFormat},
     tokens::KeyRing,
@@ -149,6 +149,14 @@ struct ServeArgs {
     #[arg(long, env = "IDENTITY_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
     refresh_token_ttl_secs: i64,
 
+    /// Seconds a password-reset link works.
+    #[arg(long, env = "IDENTITY_RESET_TOKEN_TTL_SECS", default_value_t = 60 * 60)]
+    reset_token_ttl_secs: i64,
+
+    /// Least seconds between two password-reset emails to one account.
+    #[arg(long, env = "IDENTITY_RESET_COOLDOWN_SECS", default_value_t = 60)]
+    reset_cooldown_secs: i64,
+
     /// Browser origins allowed to call over gRPC-Web (comma-separated), e.g.
     /// https://app.example.com. Empty: no cross-origin calls.
     #[arg(long, env = "IDENTITY_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -189,6 +197,14 @@ impl ServeArgs {
             self.refresh_token_ttl_secs > 0,
             "the refresh token lifetime must be positive"
         );
+        anyhow::ensure!(
+            self.reset_token_ttl_secs > 0,
+            "the reset link lifetime must be positive"
+        );
+        anyhow::ensure!(
+            self.reset_cooldown_secs >= 0,
+            "the reset cooldown cannot be negative"
+        );
         let keys = KeyRing::load(&self.keys_dir)?;
         Ok(Settings {
             grpc_addr: self.grpc_addr,
@@ -215,6 +231,10 @@ impl ServeArgs {
                 access_ttl: time::Duration::seconds(self.access_token_ttl_secs),
                 refresh_ttl: time::Duration::seconds(self.refresh_token_ttl_secs),
                 ..sessions::Settings::default()
+            },
+            password_reset: password_reset::Settings {
+                token_ttl: time::Duration::seconds(self.reset_token_ttl_secs),
+                cooldown: time::Duration::seconds(self.reset_cooldown_secs),
             },
             cors_allowed_origins: self.cors_allowed_origins,
         })

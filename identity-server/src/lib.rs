@@ -3,6 +3,7 @@
 //! - [`domain`]: parsed values (email, password, names, verification secrets); no I/O.
 //! - [`registration`]: the sign-up use cases (register, verify, resend) and their errors.
 //! - [`sessions`]: login, refresh and revoke.
+//! - [`password_reset`]: reset links and setting a new password.
 //! - [`hashing`]: Argon2id on a bounded pool of worker threads.
 //! - [`db`]: the connection pool, migrations and queries.
 //! - [`tokens`]: the PASETO signing keys and access tokens.
@@ -16,6 +17,7 @@ pub mod db;
 pub mod domain;
 pub mod grpc;
 pub mod hashing;
+pub mod password_reset;
 pub mod registration;
 pub mod sessions;
 pub mod startup;

@@ -5,7 +5,9 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
 use identity_proto::identity::v1::{
-    key_service_server::KeyServiceServer, registration_service_server::RegistrationServiceServer,
+    key_service_server::KeyServiceServer,
+    password_reset_service_server::PasswordResetServiceServer,
+    registration_service_server::RegistrationServiceServer,
     session_service_server::SessionServiceServer, user_service_server::UserServiceServer,
 };
 use tokio::net::TcpListener;
@@ -21,8 +23,9 @@ use crate::{
     clock::Clock,
     db,
     domain::CodeKey,
-    grpc::{BearerAuth, KeyApi, RegistrationApi, SessionApi, UserApi},
+    grpc::{BearerAuth, KeyApi, PasswordResetApi, RegistrationApi, SessionApi, UserApi},
     hashing::{HashingConfig, PasswordHasher},
+    password_reset::{self, PasswordReset},
     registration::{self, Registration},
     sessions::{self, Sessions},
     tokens::KeyRing,
@@ -44,6 +47,7 @@ pub struct Settings {
     /// The keys that sign access tokens.
     pub keys: Arc<KeyRing>,
     pub sessions: sessions::Settings,
+    pub password_reset: password_reset::Settings,
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
     pub cors_allowed_origins: Vec<HeaderValue>,
 }
@@ -54,6 +58,7 @@ pub struct Application {
     local_addr: SocketAddr,
     registration: Arc<Registration>,
     sessions: Arc<Sessions>,
+    password_reset: Arc<PasswordReset>,
     keys: Arc<KeyRing>,
     pool: db::Pool,
     clock: Arc<dyn Clock>,
@@ -81,6 +86,12 @@ impl Application {
             Arc::clone(&clock),
             settings.registration,
         ));
+        let password_reset = Arc::new(PasswordReset::new(
+            pool.clone(),
+            hasher.clone(),
+            Arc::clone(&clock),
+            settings.password_reset,
+        ));
         let sessions = Arc::new(
             Sessions::new(
                 pool.clone(),
@@ -98,6 +109,7 @@ impl Application {
             local_addr,
             registration,
             sessions,
+            password_reset,
             keys: settings.keys,
             pool,
             clock,
@@ -130,6 +142,8 @@ impl Application {
         let registration = RegistrationServiceServer::new(RegistrationApi::new(self.registration));
         let token_settings = self.sessions.settings().clone();
         let session_service = SessionServiceServer::new(SessionApi::new(self.sessions));
+        let password_reset_service =
+            PasswordResetServiceServer::new(PasswordResetApi::new(self.password_reset));
         let key_service = KeyServiceServer::new(KeyApi::new(
             Arc::clone(&self.keys),
             token_settings.access_ttl,
@@ -167,6 +181,7 @@ impl Application {
             .add_service(session_service)
             .add_service(key_service)
             .add_service(user_service)
+            .add_service(password_reset_service)
             .serve_with_incoming_shutdown(incoming, {
                 let stopping = Arc::clone(&stopping);
                 async move {
@@ -203,6 +218,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         <SessionServiceServer<SessionApi> as NamedService>::NAME,
         <KeyServiceServer<KeyApi> as NamedService>::NAME,
         <UserServiceServer<UserApi> as NamedService>::NAME,
+        <PasswordResetServiceServer<PasswordResetApi> as NamedService>::NAME,
     ] {
         health.set_service_status(service, status).await;
     }

@@ -48,6 +48,60 @@ impl std::fmt::Debug for EmailVerificationV1 {
     }
 }
 
+/// Payload of kind [`EmailPasswordResetV1::KIND`]: a password-reset email to send. Carries the
+/// plaintext reset token (the database keeps its hash); secrets are handled as for
+/// [`EmailVerificationV1`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailPasswordResetV1 {
+    /// The address to send to.
+    pub recipient: String,
+    /// How to greet the user.
+    pub display_name: String,
+    /// BCP 47 tag that selects the templates.
+    pub locale: String,
+    /// The reset token (base64url, 43 characters), to put in the reset link.
+    pub token: String,
+    /// When the token stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl EmailPasswordResetV1 {
+    /// `outbox.kind` of this message.
+    pub const KIND: &'static str = "email.password_reset.v1";
+}
+
+impl std::fmt::Debug for EmailPasswordResetV1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailPasswordResetV1")
+            .field("locale", &self.locale)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Payload of kind [`EmailPasswordChangedV1::KIND`]: the notice that a password was changed
+/// (by a reset), so that a user who did not do it knows at once. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailPasswordChangedV1 {
+    /// The address to send to.
+    pub recipient: String,
+    /// How to greet the user.
+    pub display_name: String,
+    /// BCP 47 tag that selects the templates.
+    pub locale: String,
+    /// When the password was changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub changed_at: OffsetDateTime,
+}
+
+impl EmailPasswordChangedV1 {
+    /// `outbox.kind` of this message.
+    pub const KIND: &'static str = "email.password_changed.v1";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@ use std::fmt;
 
 use crate::identity::v1::{
     EmailCode, LoginRequest, LoginResponse, RefreshSessionRequest, RefreshSessionResponse,
-    RegisterRequest, RevokeSessionRequest, VerifyEmailRequest, verify_email_request,
+    RegisterRequest, ResetPasswordRequest, RevokeSessionRequest, VerifyEmailRequest,
+    verify_email_request,
 };
 
 const REDACTED: &str = "<redacted>";
@@ -91,6 +92,15 @@ macro_rules! redacted_refresh_request {
 
 redacted_refresh_request!(RefreshSessionRequest);
 redacted_refresh_request!(RevokeSessionRequest);
+
+impl fmt::Debug for ResetPasswordRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResetPasswordRequest")
+            .field("token", &REDACTED)
+            .field("new_password", &REDACTED)
+            .finish()
+    }
+}
 
 #[cfg(test)]
 mod tests {

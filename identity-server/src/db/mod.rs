@@ -3,6 +3,7 @@
 //! transaction they run in.
 
 pub mod outbox;
+pub mod password_reset;
 pub mod schema;
 pub mod sessions;
 pub mod users;
@@ -85,6 +86,9 @@ pub enum StoreError {
     /// Any other failure: a bug or a broken invariant.
     #[error("database error: {0}")]
     Query(#[source] DieselError),
+    /// A value could not be prepared for storage: a bug.
+    #[error("{0}")]
+    Unexpected(String),
 }
 
 impl From<deadpool::PoolError> for StoreError {

@@ -2,7 +2,7 @@
 
 use diesel::{prelude::*, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use identity_proto::outbox::NOTIFY_CHANNEL;
+use identity_proto::outbox::{AGGREGATE_USER, NOTIFY_CHANNEL};
 use uuid::Uuid;
 
 use super::{StoreError, schema::outbox};
@@ -45,4 +45,27 @@ pub async fn enqueue(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Queues `payload` as a message of `kind` about `user_id`, within the caller's transaction.
+pub async fn enqueue_for_user<T: serde::Serialize>(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    kind: &str,
+    payload: &T,
+) -> Result<(), StoreError> {
+    let payload = serde_json::to_value(payload)
+        .map_err(|e| StoreError::Unexpected(format!("serializing a {kind} payload: {e}")))?;
+    enqueue(
+        conn,
+        &NewMessage {
+            id: Uuid::now_v7(),
+            aggregate_type: AGGREGATE_USER,
+            aggregate_id: &user_id.to_string(),
+            kind,
+            payload,
+            traceparent: None,
+        },
+    )
+    .await
 }

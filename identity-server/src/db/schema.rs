@@ -27,6 +27,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    password_reset_tokens (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        token_hash -> Bytea,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        consumed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     refresh_tokens (token_hash) {
         token_hash -> Bytea,
         session_id -> Uuid,
@@ -73,6 +84,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(password_reset_tokens -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(verification_secrets -> users (user_id));
@@ -80,6 +92,7 @@ diesel::joinable!(verification_secrets -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     login_throttle,
     outbox,
+    password_reset_tokens,
     refresh_tokens,
     sessions,
     users,

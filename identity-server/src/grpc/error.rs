@@ -11,6 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     db::StoreError,
     domain::Invalid,
+    password_reset::ResetError,
     registration::{RegisterError, ResendError, VerifyEmailError},
     sessions::{LoginError, RefreshError},
 };
@@ -90,7 +91,7 @@ impl From<StoreError> for Status {
                     UNAVAILABLE_RETRY,
                 )
             }
-            query @ StoreError::Query(_) => unexpected(&query),
+            other @ (StoreError::Query(_) | StoreError::Unexpected(_)) => unexpected(&other),
         }
     }
 }
@@ -203,6 +204,41 @@ impl From<RefreshError> for Status {
             ),
             RefreshError::Store(e) => e.into(),
             RefreshError::Unexpected(e) => unexpected(e.as_ref()),
+        }
+    }
+}
+
+impl From<ResetError> for Status {
+    fn from(error: ResetError) -> Self {
+        match error {
+            ResetError::TokenInvalid => status(
+                Code::InvalidArgument,
+                "RESET_TOKEN_INVALID",
+                "the reset link is not valid",
+            ),
+            ResetError::TokenExpired => status(
+                Code::FailedPrecondition,
+                "RESET_TOKEN_EXPIRED",
+                "the reset link has expired; request a new one",
+            ),
+            ResetError::TokenUsed => status(
+                Code::FailedPrecondition,
+                "RESET_TOKEN_USED",
+                "the reset link was already used; request a new one",
+            ),
+            ResetError::WeakPassword(why) => {
+                let mut violations = FieldViolations::default();
+                violations.add("new_password", why);
+                violations.into()
+            }
+            ResetError::Overloaded { retry_after } => retry_later(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "the service is busy; retry after the delay in RetryInfo",
+                retry_after,
+            ),
+            ResetError::Store(e) => e.into(),
+            ResetError::Unexpected(e) => unexpected(e.as_ref()),
         }
     }
 }

@@ -3,11 +3,13 @@
 
 pub mod error;
 mod keys;
+mod password_reset;
 mod registration;
 mod sessions;
 mod users;
 
 pub use keys::KeyApi;
+pub use password_reset::PasswordResetApi;
 pub use registration::RegistrationApi;
 pub use sessions::SessionApi;
 pub use users::{BearerAuth, UserApi};

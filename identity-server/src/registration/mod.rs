@@ -9,7 +9,7 @@ mod verify;
 use std::sync::Arc;
 
 use diesel_async::AsyncPgConnection;
-use identity_proto::outbox::{AGGREGATE_USER, EmailVerificationV1};
+use identity_proto::outbox::EmailVerificationV1;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -126,20 +126,7 @@ impl Registration {
             code: code.expose().to_owned(),
             expires_at,
         };
-        let payload = serde_json::to_value(&payload)
-            .map_err(|e| anyhow::anyhow!("serializing an outbox payload: {e}"))?;
-        db::outbox::enqueue(
-            conn,
-            &db::outbox::NewMessage {
-                id: Uuid::now_v7(),
-                aggregate_type: AGGREGATE_USER,
-                aggregate_id: &to.user_id.to_string(),
-                kind: EmailVerificationV1::KIND,
-                payload,
-                traceparent: None,
-            },
-        )
-        .await?;
+        db::outbox::enqueue_for_user(conn, to.user_id, EmailVerificationV1::KIND, &payload).await?;
         Ok(())
     }
 }

@@ -76,6 +76,7 @@ impl TestApp {
             registration: registration::Settings::default(),
             keys: std::sync::Arc::new(keys),
             sessions: sessions::Settings::default(),
+            password_reset: identity_server::password_reset::Settings::default(),
             cors_allowed_origins: Vec::new(),
         };
         customize(&mut settings);

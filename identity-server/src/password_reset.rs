@@ -1,0 +1,199 @@
+//! Password reset: [`PasswordReset::request`] emails a single-use link to an active account
+//! (answering the same whether or not one exists), [`PasswordReset::reset`] sets the new
+//! password, signs the user out everywhere and emails a notice.
+
+use std::{sync::Arc, time::Duration as StdDuration};
+
+use diesel_async::AsyncConnection;
+use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1};
+use time::Duration;
+use tracing::field;
+
+use crate::{
+    clock::Clock,
+    db::{self, StoreError},
+    domain::{EmailAddress, Invalid, Password, UserStatus, VerificationToken},
+    hashing::{HashError, PasswordHasher},
+};
+
+/// The rules' numbers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a reset link works.
+    pub token_ttl: Duration,
+    /// Least time between two reset emails to one account.
+    pub cooldown: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::hours(1),
+            cooldown: Duration::seconds(60),
+        }
+    }
+}
+
+/// Why a reset failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error("unknown reset token")]
+    TokenInvalid,
+    #[error("the reset link has expired")]
+    TokenExpired,
+    #[error("the reset link was already used")]
+    TokenUsed,
+    /// The new password fails the policy.
+    #[error("new_password {0}")]
+    WeakPassword(Invalid),
+    #[error("password hashing is saturated")]
+    Overloaded { retry_after: StdDuration },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<diesel::result::Error> for ResetError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<HashError> for ResetError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Overloaded { retry_after } => Self::Overloaded { retry_after },
+            HashError::Failed(e) => Self::Unexpected(e),
+        }
+    }
+}
+
+/// The password-reset service.
+pub struct PasswordReset {
+    pool: db::Pool,
+    hasher: PasswordHasher,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for PasswordReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordReset")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordReset {
+    /// Assembles the service.
+    pub fn new(
+        pool: db::Pool,
+        hasher: PasswordHasher,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            pool,
+            hasher,
+            clock,
+            settings,
+        }
+    }
+
+    /// Queues a reset email for an active account outside the cooldown; returns whether it did.
+    /// The caller answers OK either way.
+    #[tracing::instrument(name = "request_password_reset", skip_all, fields(user_id = field::Empty))]
+    pub async fn request(&self, email: EmailAddress) -> Result<bool, ResetError> {
+        let now = self.clock.now();
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        let queued = conn
+            .transaction(async |conn| {
+                let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
+                    return Ok::<_, ResetError>(false);
+                };
+                tracing::Span::current().record("user_id", field::display(user.id));
+                if UserStatus::from_db(&user.status) != Some(UserStatus::Active) {
+                    return Ok(false);
+                }
+                let last = db::password_reset::latest_issued_at(conn, user.id).await?;
+                if last.is_some_and(|last| now - last < self.settings.cooldown) {
+                    return Ok(false);
+                }
+                let token = VerificationToken::generate();
+                let expires_at = now + self.settings.token_ttl;
+                db::password_reset::insert(conn, user.id, &token.hash(), now, expires_at).await?;
+                let payload = EmailPasswordResetV1 {
+                    recipient: user.email.clone(),
+                    display_name: user.display_name.clone(),
+                    locale: user.locale.clone(),
+                    token: token.expose().to_owned(),
+                    expires_at,
+                };
+                db::outbox::enqueue_for_user(conn, user.id, EmailPasswordResetV1::KIND, &payload)
+                    .await?;
+                Ok(true)
+            })
+            .await?;
+        tracing::info!(queued, "password reset requested");
+        Ok(queued)
+    }
+
+    /// Sets a new password with a reset token; the token and any other outstanding one are
+    /// consumed, every session of the user is revoked, and a notice is queued.
+    #[tracing::instrument(name = "reset_password", skip_all, fields(user_id = field::Empty))]
+    pub async fn reset(
+        &self,
+        token: VerificationToken,
+        new_password: &str,
+    ) -> Result<(), ResetError> {
+        let hash = token.hash();
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        // Read first, to hold the policy against the user's own address and name.
+        let Some(found) = db::password_reset::find(&mut conn, &hash, false).await? else {
+            return Err(ResetError::TokenInvalid);
+        };
+        tracing::Span::current().record("user_id", field::display(found.user_id));
+        let local_part = found.email.split('@').next().unwrap_or_default();
+        let mut context = vec![
+            found.email.as_str(),
+            local_part,
+            found.display_name.as_str(),
+        ];
+        context.extend(found.display_name.split_whitespace());
+        let password = Password::parse(new_password, &context).map_err(ResetError::WeakPassword)?;
+        let password_hash = self.hasher.hash(password).await?;
+
+        let now = self.clock.now();
+        conn.transaction(async |conn| {
+            let found = db::password_reset::find(conn, &hash, true)
+                .await?
+                .ok_or(ResetError::TokenInvalid)?;
+            if found.consumed_at.is_some() {
+                return Err(ResetError::TokenUsed);
+            }
+            if found.expires_at <= now {
+                return Err(ResetError::TokenExpired);
+            }
+            db::password_reset::set_password(conn, found.user_id, &password_hash, now).await?;
+            let revoked = db::password_reset::revoke_sessions(conn, found.user_id, now).await?;
+            db::sessions::clear_failures(conn, &found.email.to_lowercase()).await?;
+            let notice = EmailPasswordChangedV1 {
+                recipient: found.email.clone(),
+                display_name: found.display_name.clone(),
+                locale: found.locale.clone(),
+                changed_at: now,
+            };
+            db::outbox::enqueue_for_user(
+                conn,
+                found.user_id,
+                EmailPasswordChangedV1::KIND,
+                &notice,
+            )
+            .await?;
+            tracing::info!(revoked_sessions = revoked, "password reset");
+            Ok(())
+        })
+        .await
+    }
+}
