@@ -350,3 +350,122 @@ fn help_explains_the_commands_and_their_environment_variables() {
         "--help must not print secret values:\n{serve}"
     );
 }
+
+#[tokio::test]
+async fn session_and_reset_secrets_never_appear_in_the_server_log() {
+    use identity_proto::{
+        identity::v1::{
+            password_reset_service_client::PasswordResetServiceClient,
+            session_service_client::SessionServiceClient, user_service_client::UserServiceClient,
+        },
+        outbox::EmailPasswordResetV1,
+    };
+
+    let mut server = Server::start(&[("RUST_LOG", "debug")]).await;
+    let channel = server.channel().await;
+    let mut registration = server.registration().await;
+    registration
+        .register(register_request("ada@example.com"))
+        .await
+        .expect("registers");
+    let token = server.emails_to("ada@example.com").await[0].token.clone();
+    registration
+        .verify_email(pb::VerifyEmailRequest {
+            proof: Some(pb::verify_email_request::Proof::Token(token)),
+        })
+        .await
+        .expect("verifies");
+
+    let mut sessions = SessionServiceClient::new(channel.clone());
+    let login = |password: &str| pb::LoginRequest {
+        email: "ada@example.com".into(),
+        password: password.into(),
+    };
+    sessions
+        .login(login("wrong-password-xyz"))
+        .await
+        .expect_err("refused");
+    let session = sessions
+        .login(login(PASSWORD))
+        .await
+        .expect("logs in")
+        .into_inner();
+    let refreshed = sessions
+        .refresh_session(pb::RefreshSessionRequest {
+            refresh_token: session.refresh_token.clone(),
+        })
+        .await
+        .expect("refreshes")
+        .into_inner();
+    let mut me = tonic::Request::new(pb::GetCurrentUserRequest {});
+    me.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", refreshed.access_token)
+            .parse()
+            .expect("ASCII"),
+    );
+    UserServiceClient::new(channel.clone())
+        .get_current_user(me)
+        .await
+        .expect("authenticated");
+
+    let mut resets = PasswordResetServiceClient::new(channel);
+    resets
+        .request_password_reset(pb::RequestPasswordResetRequest {
+            email: "ada@example.com".into(),
+        })
+        .await
+        .expect("OK");
+    let reset_token = {
+        use diesel::{QueryableByName, sql_types::Jsonb};
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Jsonb)]
+            payload: serde_json::Value,
+        }
+        let row: Row = diesel::sql_query("SELECT payload FROM outbox WHERE kind = $1")
+            .bind::<diesel::sql_types::Text, _>(EmailPasswordResetV1::KIND)
+            .get_result(&mut server.db.connect().await)
+            .await
+            .expect("a reset email");
+        row.payload["token"].as_str().expect("a token").to_owned()
+    };
+    let new_password = "marmalade-lantern-quartz-9";
+    resets
+        .reset_password(pb::ResetPasswordRequest {
+            token: reset_token.clone(),
+            new_password: new_password.into(),
+        })
+        .await
+        .expect("resets");
+    assert!(server.process.terminate(Duration::from_secs(30)).await);
+
+    let log = server.process.output();
+    assert!(
+        log.contains("session started") && log.contains("password reset"),
+        "{log}"
+    );
+    let key_file = std::fs::read_dir(&server.keys_dir)
+        .expect("the keys directory")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".k4.secret"))
+        .expect("a key file");
+    let secret_key = std::fs::read_to_string(key_file.path()).expect("readable");
+    for secret in [
+        PASSWORD,
+        "wrong-password-xyz",
+        new_password,
+        session.access_token.as_str(),
+        session.refresh_token.as_str(),
+        refreshed.access_token.as_str(),
+        refreshed.refresh_token.as_str(),
+        reset_token.as_str(),
+        secret_key.trim(),
+    ] {
+        assert!(
+            !log.contains(secret),
+            "a secret leaked into the log:\n{log}"
+        );
+    }
+}
