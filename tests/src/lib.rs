@@ -1,6 +1,7 @@
 //! Test support shared by the workspace's tests, plus the end-to-end tests (`tests/`) and the
 //! load generator (`src/bin/loadgen.rs`).
 //!
+//! - [`load`]: latency tallies and the Argon2 bound, for the load generators.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
 //!   throwaway clusters a test may stop and start.
@@ -10,6 +11,7 @@
 //!   scripts it (451 twice, then accept; 550), can require AUTH, and can be stopped and restarted.
 //! - [`wait`]: waits for a condition with a deadline, never a bare sleep.
 
+pub mod load;
 pub mod outbox;
 pub mod pg;
 pub mod process;

@@ -20,11 +20,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2::Params;
 use clap::Parser;
 use identity_proto::identity::v1::{
     RegisterRequest, registration_service_client::RegistrationServiceClient,
 };
+use identity_tests::load::{Tally, argon2_bound};
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
@@ -61,54 +62,6 @@ struct Args {
     /// The server's Argon2 parallelism (IDENTITY_ARGON2_P).
     #[arg(long, default_value_t = Params::DEFAULT_P_COST)]
     argon2_p: u32,
-}
-
-/// What one phase saw.
-#[derive(Debug, Default)]
-struct Tally {
-    latencies_us: Vec<u64>,
-    exhausted: u64,
-    other_errors: u64,
-    elapsed: Duration,
-}
-
-impl Tally {
-    fn merge(&mut self, other: Tally) {
-        self.latencies_us.extend(other.latencies_us);
-        self.exhausted += other.exhausted;
-        self.other_errors += other.other_errors;
-    }
-
-    fn ok(&self) -> usize {
-        self.latencies_us.len()
-    }
-
-    fn per_second(&self) -> f64 {
-        self.ok() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile_ms(&mut self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        self.latencies_us.sort_unstable();
-        let rank = ((p / 100.0) * (self.latencies_us.len() - 1) as f64).round() as usize;
-        self.latencies_us[rank] as f64 / 1000.0
-    }
-
-    fn summary(&mut self) -> String {
-        format!(
-            "{} ok in {:.1} s = {:.1}/s; p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; {} RESOURCE_EXHAUSTED, {} other errors",
-            self.ok(),
-            self.elapsed.as_secs_f64(),
-            self.per_second(),
-            self.percentile_ms(50.0),
-            self.percentile_ms(95.0),
-            self.percentile_ms(99.0),
-            self.exhausted,
-            self.other_errors
-        )
-    }
 }
 
 /// Unique addresses across runs and callers.
@@ -225,51 +178,6 @@ async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
     }
     total.elapsed = started.elapsed();
     total
-}
-
-/// The median time of one hash on one core, and hashes per second on all cores.
-fn argon2_bound(params: &Params, cores: usize) -> (Duration, f64) {
-    let hash = |memory: &mut [Block], i: u64| {
-        let mut out = [0u8; 32];
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-            .hash_password_into_with_memory(
-                b"tangerine-kettle-orbit-42",
-                &i.to_le_bytes().repeat(2),
-                &mut out,
-                memory,
-            )
-            .expect("valid Argon2 input");
-    };
-    let mut memory = vec![Block::default(); params.block_count()];
-    let mut times: Vec<Duration> = (0..7)
-        .map(|i| {
-            let started = Instant::now();
-            hash(&mut memory, i);
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    let one = times[times.len() / 2];
-
-    let window = Duration::from_secs(3);
-    let started = Instant::now();
-    let total: u64 = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..cores)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut memory = vec![Block::default(); params.block_count()];
-                    let mut n = 0u64;
-                    while started.elapsed() < window {
-                        hash(&mut memory, n);
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
-    });
-    (one, total as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Samples a process's resident memory until stopped; returns the peak in KiB.

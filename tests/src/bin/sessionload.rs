@@ -1,0 +1,230 @@
+//! Load generator for sessions: Login (one Argon2 check per call) and RefreshSession (no
+//! hashing: a rotation in PostgreSQL and a PASETO signature), against a running server.
+//!
+//! It signs up `--users` accounts first (reading their verification tokens from the outbox,
+//! hence `DATABASE_URL`), measures the machine's Argon2 bound, then runs each phase for
+//! `--seconds` and prints throughput and latency percentiles. It asserts nothing.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use argon2::Params;
+use clap::Parser;
+use diesel::{QueryableByName, sql_types::Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use identity_proto::identity::v1::{
+    self as pb, registration_service_client::RegistrationServiceClient,
+    session_service_client::SessionServiceClient,
+};
+use identity_tests::load::{Tally, argon2_bound};
+use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
+
+const PASSWORD: &str = "tangerine-kettle-orbit-42";
+
+/// Drive Login and RefreshSession against a running identity-server and print throughput and
+/// latency beside the machine's Argon2 bound.
+#[derive(Debug, Parser)]
+#[command(name = "sessionload")]
+struct Args {
+    /// The server's gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// The server's database, to read verification tokens during set-up.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Accounts to sign up and log in as.
+    #[arg(long, default_value_t = 16)]
+    users: usize,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Concurrent callers for Login (default: 4 per core).
+    #[arg(long)]
+    login_callers: Option<usize>,
+    /// Concurrent callers for RefreshSession, each rotating its own session.
+    #[arg(long, default_value_t = 16)]
+    refresh_callers: usize,
+}
+
+#[derive(QueryableByName)]
+struct Token {
+    #[diesel(sql_type = Text)]
+    token: String,
+}
+
+/// Signs up and verifies `n` accounts; returns their addresses.
+async fn active_users(
+    channel: &Channel,
+    database_url: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut registration = RegistrationServiceClient::new(channel.clone());
+    let mut db = AsyncPgConnection::establish(database_url).await?;
+    let mut emails = Vec::new();
+    for i in 0..n {
+        let email = format!("sl-{}-{i}@loadgen.example.com", &run[..8]);
+        registration
+            .register(pb::RegisterRequest {
+                email: email.clone(),
+                password: PASSWORD.into(),
+                display_name: "Session Load".into(),
+                locale: "en".into(),
+            })
+            .await
+            .context("registering")?;
+        let token: Token = diesel::sql_query(
+            "SELECT payload->>'token' AS token FROM outbox WHERE payload->>'recipient' = $1",
+        )
+        .bind::<Text, _>(&email)
+        .get_result(&mut db)
+        .await
+        .context("reading the verification token")?;
+        registration
+            .verify_email(pb::VerifyEmailRequest {
+                proof: Some(pb::verify_email_request::Proof::Token(token.token)),
+            })
+            .await
+            .context("verifying")?;
+        emails.push(email);
+    }
+    Ok(emails)
+}
+
+fn record<T>(tally: &mut Tally, started: Instant, result: &Result<T, tonic::Status>) {
+    match result {
+        Ok(_) => tally
+            .latencies_us
+            .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        Err(status) if status.code() == Code::ResourceExhausted => tally.exhausted += 1,
+        Err(status) => {
+            if tally.other_errors == 0 {
+                eprintln!(
+                    "first unexpected error: {:?}: {}",
+                    status.code(),
+                    status.message()
+                );
+            }
+            tally.other_errors += 1;
+        }
+    }
+}
+
+async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
+    let mut total = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        total.merge(done.unwrap_or_default());
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+async fn login_phase(
+    channel: &Channel,
+    emails: &Arc<Vec<String>>,
+    callers: usize,
+    run_for: Duration,
+) -> Tally {
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for caller in 0..callers {
+        let mut client = SessionServiceClient::new(channel.clone());
+        let emails = Arc::clone(emails);
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut i = caller;
+            while started.elapsed() < run_for {
+                let request = pb::LoginRequest {
+                    email: emails[i % emails.len()].clone(),
+                    password: PASSWORD.into(),
+                };
+                let call = Instant::now();
+                let result = client.login(request).await;
+                record(&mut tally, call, &result);
+                i += callers;
+            }
+            tally
+        });
+    }
+    gather(tasks, started).await
+}
+
+async fn refresh_phase(
+    channel: &Channel,
+    emails: &Arc<Vec<String>>,
+    callers: usize,
+    run_for: Duration,
+) -> anyhow::Result<Tally> {
+    let mut clients = Vec::new();
+    for caller in 0..callers {
+        let mut client = SessionServiceClient::new(channel.clone());
+        let session = client
+            .login(pb::LoginRequest {
+                email: emails[caller % emails.len()].clone(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .context("logging in before the refresh phase")?
+            .into_inner();
+        clients.push((client, session.refresh_token));
+    }
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (mut client, mut token) in clients {
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            while started.elapsed() < run_for {
+                let call = Instant::now();
+                let result = client
+                    .refresh_session(pb::RefreshSessionRequest {
+                        refresh_token: token.clone(),
+                    })
+                    .await;
+                record(&mut tally, call, &result);
+                match result {
+                    Ok(response) => token = response.into_inner().refresh_token,
+                    Err(_) => break,
+                }
+            }
+            tally
+        });
+    }
+    Ok(gather(tasks, started).await)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let run_for = Duration::from_secs(args.seconds);
+    let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
+
+    let (one_hash, bound) =
+        tokio::task::spawn_blocking(move || argon2_bound(&Params::DEFAULT, cores)).await?;
+    println!(
+        "Argon2id (defaults) on {cores} cores: one hash {:.1} ms; bound {bound:.1} hashes/s",
+        one_hash.as_secs_f64() * 1000.0
+    );
+    let emails = Arc::new(active_users(&channel, &args.database_url, args.users).await?);
+
+    let callers = args.login_callers.unwrap_or(4 * cores);
+    let mut login = login_phase(&channel, &emails, callers, run_for).await;
+    println!("login, {callers} callers: {}", login.summary());
+    println!(
+        "  throughput = {:.0}% of the Argon2 bound (goal: at least 85%)",
+        login.per_second() / bound * 100.0
+    );
+
+    let mut refresh = refresh_phase(&channel, &emails, args.refresh_callers, run_for).await?;
+    println!(
+        "refresh, {} callers: {}",
+        args.refresh_callers,
+        refresh.summary()
+    );
+    println!("  goal: at least 1,000 calls/s with p99 under 20 ms");
+    Ok(())
+}
