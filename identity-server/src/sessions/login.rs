@@ -57,20 +57,22 @@ impl Sessions {
     ) -> Result<Issued, LoginError> {
         let email_key = email.as_ref().to_lowercase();
         let now = self.clock.now();
-        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-
-        if let Some(until) = db::sessions::blocked_until(&mut conn, &email_key).await?
-            && until > now
-        {
-            let retry_after = StdDuration::try_from(until - now).unwrap_or_default();
-            return Err(LoginError::Throttled { retry_after });
-        }
-
-        let user = db::sessions::credentials(&mut conn, email.as_ref()).await?;
-        let stored = user
-            .as_ref()
-            .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        // The connection is returned to the pool while the password is checked, so that
+        // hashing never holds connections other calls need.
+        let user = {
+            let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+            if let Some(until) = db::sessions::blocked_until(&mut conn, &email_key).await?
+                && until > now
+            {
+                let retry_after = StdDuration::try_from(until - now).unwrap_or_default();
+                return Err(LoginError::Throttled { retry_after });
+            }
+            db::sessions::credentials(&mut conn, email.as_ref()).await?
+        };
+        let stored = user.as_ref().map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let verification = self.hasher.verify(password.expose_secret(), stored).await?;
+
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let Some(user) = user.filter(|_| verification.matches) else {
             let failures = db::sessions::record_failure(&mut conn, &email_key, now).await?;
             let delay = self.settings.delay_after(failures);
