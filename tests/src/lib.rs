@@ -6,6 +6,7 @@
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
 //!   throwaway clusters a test may stop and start.
 //! - [`process`]: runs the built binaries as a user would and captures their logs.
+//! - [`relay`]: `outbox-relay` started for tests.
 //! - [`server`]: `identity-server` migrated and serving on a free port.
 //! - [`smtp`]: a real SMTP server over TCP that records what it accepts, answers as a test
 //!   scripts it (451 twice, then accept; 550), can require AUTH, and can be stopped and restarted.
@@ -15,6 +16,7 @@ pub mod load;
 pub mod outbox;
 pub mod pg;
 pub mod process;
+pub mod relay;
 pub mod server;
 pub mod smtp;
 pub mod wait;

@@ -13,6 +13,7 @@ use identity_tests::{
     outbox::enqueue,
     pg::{TestDb, free_port},
     process::{self, Process},
+    relay,
     server::Server,
     smtp::{Received, Reply, SmtpServer},
     wait,
@@ -20,32 +21,8 @@ use identity_tests::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Starts `outbox-relay serve` on `db` sending to `smtp_url`, with quick retries and short
-/// leases; `extra` overrides any setting.
 async fn start_relay(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Process {
-    let mut env = vec![
-        ("DATABASE_URL", db_url),
-        ("SMTP_URL", smtp_url),
-        ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
-        (
-            "VERIFY_URL_TEMPLATE",
-            "https://app.example.com/verify?token={token}",
-        ),
-        ("RELAY_POLL_INTERVAL_MS", "500"),
-        ("RELAY_RETRY_BASE_MS", "50"),
-        ("RELAY_RETRY_CAP_SECS", "1"),
-        ("RELAY_LEASE_SECS", "2"),
-        ("RUST_LOG", "info,outbox_relay=debug"),
-    ];
-    for (key, value) in extra {
-        env.retain(|(k, _)| k != key);
-        env.push((key, value));
-    }
-    // An empty value means "unset", e.g. no SMTP_URL for the development mode.
-    env.retain(|(_, value)| !value.is_empty());
-    let mut relay = Process::spawn("outbox-relay", &["serve"], &env);
-    relay.wait_for_line("outbox-relay started", WAIT).await;
-    relay
+    relay::start(db_url, smtp_url, extra).await
 }
 
 #[derive(QueryableByName, Debug)]
