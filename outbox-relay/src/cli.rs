@@ -9,7 +9,7 @@ use secrecy::SecretString;
 
 use crate::{
     backoff::RetryPolicy,
-    email::Renderer,
+    email::{LinkTemplate, Links, Renderer},
     mailer::Mailer,
     relay::{Relay, RelayConfig},
     store,
@@ -58,13 +58,21 @@ struct ServeArgs {
     #[arg(long, env = "EMAIL_FROM")]
     email_from: Option<Mailbox>,
 
-    /// The verification link; {token} is replaced by the token.
+    /// The link in verification emails: an http(s) URL where {token} is replaced by the token.
     #[arg(
         long,
         env = "VERIFY_URL_TEMPLATE",
         default_value = "http://localhost:3000/verify-email?token={token}"
     )]
-    verify_url_template: String,
+    verify_url_template: LinkTemplate,
+
+    /// The link in password-reset emails: an http(s) URL where {token} is replaced by the token.
+    #[arg(
+        long,
+        env = "RESET_URL_TEMPLATE",
+        default_value = "http://localhost:3000/reset-password?token={token}"
+    )]
+    reset_url_template: LinkTemplate,
 
     /// Folder for .eml files when there is no SMTP_URL.
     #[arg(long, env = "RELAY_MAIL_DIR", default_value = ".local/mail")]
@@ -99,8 +107,8 @@ struct ServeArgs {
     retry_cap_secs: u64,
 
     /// Failed deliveries after which a message is dead-lettered. With the default backoff that
-    /// is about a day of retrying; a verification email whose link expired is dead-lettered
-    /// rather than sent.
+    /// is about a day of retrying; a verification or password-reset email whose link expired is
+    /// dead-lettered rather than sent.
     #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 100)]
     max_attempts: i32,
 
@@ -178,8 +186,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Mailer::files(args.mail_dir.clone())?, from)
         }
     };
-    let renderer = Renderer::new(&args.verify_url_template)
-        .map_err(|e| anyhow::anyhow!("VERIFY_URL_TEMPLATE: {e}"))?;
+    let renderer = Renderer::new(Links {
+        verify: args.verify_url_template,
+        reset: args.reset_url_template,
+    })?;
     let concurrency = usize::try_from(args.concurrency)?;
     let pool = store::pool(&args.database_url, concurrency + 2, Duration::from_secs(5))?;
     let config = RelayConfig {

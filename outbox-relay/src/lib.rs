@@ -2,6 +2,7 @@
 //!
 //! - [`relay`]: the loop: claim, deliver with bounded concurrency, settle; shutdown.
 //! - [`store`]: lease-guarded queries on `outbox` and `outbox_dead`.
+//! - [`payload`]: the kinds of message delivered: parsing a payload, its recipient, rendering it.
 //! - [`listener`]: LISTEN for new messages, reconnecting with backoff.
 //! - [`mailer`]: SMTP (lettre, pooled) or `.eml` files, and how failures are classified.
 //! - [`email`]: templates, rendering and the MIME message of each kind of email.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod email;
 pub mod listener;
 pub mod mailer;
+pub mod payload;
 pub mod relay;
 pub mod store;
 pub mod telemetry;

@@ -5,12 +5,12 @@
 
 use std::{
     collections::HashSet,
+    path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
-use identity_proto::outbox::EmailVerificationV1;
 use lettre::message::Mailbox;
 use secrecy::SecretString;
 use time::OffsetDateTime;
@@ -19,9 +19,10 @@ use uuid::Uuid;
 
 use crate::{
     backoff::RetryPolicy,
-    email::{BuildError, Renderer, build_message},
+    email::{BuildError, RenderedEmail, Renderer, build_message},
     listener,
     mailer::{Mailer, SendError, Sent},
+    payload::Payload,
     store::{self, Claimed},
 };
 
@@ -261,59 +262,11 @@ impl Relay {
 
     /// Renders, builds and sends one message.
     async fn deliver(&self, message: &Claimed) -> Verdict {
-        let payload = match message.kind.as_str() {
-            EmailVerificationV1::KIND => {
-                match serde_json::from_value::<EmailVerificationV1>(message.payload.clone()) {
-                    Ok(payload) => payload,
-                    // serde's message may quote the payload, which holds secrets: keep its shape.
-                    Err(e) => {
-                        return Verdict::Dead {
-                            reason: format!(
-                                "malformed {} payload ({:?} error)",
-                                message.kind,
-                                e.classify()
-                            ),
-                            tried: false,
-                        };
-                    }
-                }
-            }
-            other => {
+        let (payload, rendered, email) = match self.prepare(message, OffsetDateTime::now_utc()) {
+            Ok(prepared) => prepared,
+            Err(reason) => {
                 return Verdict::Dead {
-                    reason: format!("unknown message kind {other:?}"),
-                    tried: false,
-                };
-            }
-        };
-        let rendered = match self
-            .renderer
-            .verification(&payload, OffsetDateTime::now_utc())
-        {
-            Ok(rendered) => rendered,
-            Err(e) => {
-                return Verdict::Dead {
-                    reason: format!("cannot render the email: {e}"),
-                    tried: false,
-                };
-            }
-        };
-        let email = match build_message(
-            &self.from,
-            &payload.display_name,
-            &payload.recipient,
-            message.id,
-            &rendered,
-        ) {
-            Ok(email) => email,
-            Err(BuildError::InvalidRecipient(_)) => {
-                return Verdict::Dead {
-                    reason: "invalid recipient address".into(),
-                    tried: false,
-                };
-            }
-            Err(e) => {
-                return Verdict::Dead {
-                    reason: format!("cannot build the email: {e}"),
+                    reason,
                     tried: false,
                 };
             }
@@ -321,8 +274,7 @@ impl Relay {
         match self.mailer.send(email).await {
             Ok(sent) => {
                 if let Sent::File(path) = &sent {
-                    // Development only (no SMTP_URL): show where the email is and the link in it.
-                    tracing::info!(path = %path.display(), link = %rendered.link(), code = %payload.code, "verification email for {}", payload.recipient);
+                    log_written_file(path, &payload, &rendered);
                 }
                 Verdict::Delivered(sent)
             }
@@ -333,6 +285,27 @@ impl Relay {
             },
             Err(SendError::Authentication(e)) => Verdict::Paused(e),
         }
+    }
+
+    /// Parses, renders (as seen at `now`) and builds one message. The error is the reason to
+    /// dead-letter it: none of these steps would go better another time.
+    fn prepare(
+        &self,
+        message: &Claimed,
+        now: OffsetDateTime,
+    ) -> Result<(Payload, RenderedEmail, lettre::Message), String> {
+        let payload = Payload::parse(&message.kind, &message.payload).map_err(|e| e.to_string())?;
+        let rendered = payload
+            .render(&self.renderer, now)
+            .map_err(|e| format!("cannot render the email: {e}"))?;
+        let (name, address) = payload.addressee();
+        let email = build_message(&self.from, name, address, message.id, &rendered).map_err(
+            |e| match e {
+                BuildError::InvalidRecipient(_) => "invalid recipient address".to_owned(),
+                e => format!("cannot build the email: {e}"),
+            },
+        )?;
+        Ok((payload, rendered, email))
     }
 
     fn pause_left(&self) -> Option<Duration> {
@@ -362,6 +335,23 @@ impl Relay {
             Err(e) => {
                 tracing::warn!(error.message = %e, "cannot release leases; they lapse on their own")
             }
+        }
+    }
+}
+
+/// Development only (no SMTP_URL): shows where the email is and the link (and code) in it, so
+/// that a developer can follow it. With SMTP, tokens and codes are never logged.
+fn log_written_file(path: &Path, payload: &Payload, rendered: &RenderedEmail) {
+    let link = rendered.link().unwrap_or_default();
+    match payload {
+        Payload::Verification(p) => {
+            tracing::info!(path = %path.display(), %link, code = %p.code, "verification email for {}", p.recipient);
+        }
+        Payload::PasswordReset(p) => {
+            tracing::info!(path = %path.display(), %link, "password reset email for {}", p.recipient);
+        }
+        Payload::PasswordChanged(p) => {
+            tracing::info!(path = %path.display(), "password changed notice for {}", p.recipient);
         }
     }
 }

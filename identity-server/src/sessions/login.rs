@@ -69,7 +69,9 @@ impl Sessions {
             }
             db::sessions::credentials(&mut conn, email.as_ref()).await?
         };
-        let stored = user.as_ref().map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        let stored = user
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let verification = self.hasher.verify(password.expose_secret(), stored).await?;
 
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;

@@ -1,5 +1,6 @@
-//! When something expires, in plain words: "24 hours" and "Sunday 22 November 2026 at 10:00
-//! UTC", or their French equivalents. We do not know the reader's time zone, so dates are UTC.
+//! When something expires (or happened), in plain words: "24 hours" and "Sunday 22 November 2026
+//! at 10:00 UTC", or their French equivalents. We do not know the reader's time zone, so dates
+//! are UTC.
 
 use time::{OffsetDateTime, UtcOffset};
 
@@ -71,7 +72,7 @@ impl Remaining {
 }
 
 /// `at` in UTC, written out: "Sunday 22 November 2026 at 10:00 UTC".
-fn moment(at: OffsetDateTime, locale: Locale) -> String {
+pub(crate) fn moment(at: OffsetDateTime, locale: Locale) -> String {
     let at = at.to_offset(UtcOffset::UTC);
     let words = words(locale);
     let weekday = words.weekdays[usize::from(at.weekday().number_days_from_monday())];

@@ -65,8 +65,7 @@ mod tests {
     use identity_proto::outbox::EmailVerificationV1;
 
     fn rendered() -> RenderedEmail {
-        let renderer =
-            Renderer::new("https://app.example.com/verify?token={token}").expect("valid template");
+        let renderer = Renderer::for_tests();
         let message = EmailVerificationV1 {
             recipient: "ada@example.com".into(),
             display_name: "Ada Lovelace".into(),

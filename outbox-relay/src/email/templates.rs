@@ -2,7 +2,7 @@
 //! `templates/<kind>/<locale>/` (`subject.txt`, `body.txt`, `body.html`), embedded in the binary
 //! at compile time and compiled once at startup. Names ending in `.html` are HTML-escaped.
 
-use identity_proto::outbox::EmailVerificationV1;
+use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1, EmailVerificationV1};
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 use super::Locale;
@@ -12,16 +12,26 @@ use super::Locale;
 pub(crate) enum Kind {
     /// The link and code that verify an address ([`EmailVerificationV1`]).
     VerificationV1,
+    /// The link that lets a user choose a new password ([`EmailPasswordResetV1`]).
+    PasswordResetV1,
+    /// The notice that a password was changed ([`EmailPasswordChangedV1`]).
+    PasswordChangedV1,
 }
 
 impl Kind {
     /// Every kind.
-    const ALL: [Self; 1] = [Self::VerificationV1];
+    const ALL: [Self; 3] = [
+        Self::VerificationV1,
+        Self::PasswordResetV1,
+        Self::PasswordChangedV1,
+    ];
 
     /// The outbox kind, which is also the name of its folder under `templates/`.
     fn name(self) -> &'static str {
         match self {
             Self::VerificationV1 => EmailVerificationV1::KIND,
+            Self::PasswordResetV1 => EmailPasswordResetV1::KIND,
+            Self::PasswordChangedV1 => EmailPasswordChangedV1::KIND,
         }
     }
 }
@@ -50,6 +60,10 @@ fn sources(kind: Kind, locale: Locale) -> Sources {
     match (kind, locale) {
         (Kind::VerificationV1, Locale::En) => sources!("email.verification.v1/en"),
         (Kind::VerificationV1, Locale::Fr) => sources!("email.verification.v1/fr"),
+        (Kind::PasswordResetV1, Locale::En) => sources!("email.password_reset.v1/en"),
+        (Kind::PasswordResetV1, Locale::Fr) => sources!("email.password_reset.v1/fr"),
+        (Kind::PasswordChangedV1, Locale::En) => sources!("email.password_changed.v1/en"),
+        (Kind::PasswordChangedV1, Locale::Fr) => sources!("email.password_changed.v1/fr"),
     }
 }
 
@@ -129,6 +143,7 @@ mod tests {
         let templates = Templates::load().expect("templates compile");
         let context = minijinja::context! {
             display_name => "<b>", link => "l", code => "c", expires_in => "i", expires_on => "o",
+            changed_on => "d",
         };
         for kind in Kind::ALL {
             for locale in Locale::ALL {
@@ -146,10 +161,27 @@ mod tests {
     fn a_missing_variable_is_an_error() {
         let templates = Templates::load().expect("templates compile");
         let context = minijinja::context! { display_name => "Ada" };
-        assert!(
-            templates
-                .render(Kind::VerificationV1, Locale::En, &context)
-                .is_err()
-        );
+        for kind in Kind::ALL {
+            assert!(
+                templates.render(kind, Locale::En, &context).is_err(),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_kind_has_its_own_subject_in_every_locale() {
+        let templates = Templates::load().expect("templates compile");
+        let context = minijinja::context! {
+            display_name => "Ada", link => "l", code => "c", expires_in => "i", expires_on => "o",
+            changed_on => "d",
+        };
+        let mut subjects = std::collections::HashSet::new();
+        for kind in Kind::ALL {
+            for locale in Locale::ALL {
+                let parts = templates.render(kind, locale, &context).expect("renders");
+                assert!(subjects.insert(parts.subject), "{kind:?}/{locale:?}");
+            }
+        }
     }
 }

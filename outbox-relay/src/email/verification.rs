@@ -20,7 +20,7 @@ impl Renderer {
         let locale = Locale::negotiate(&message.locale);
         let expiry =
             Expiry::describe(message.expires_at, now, locale).ok_or(RenderError::Expired)?;
-        let link = self.verify_link(&message.token);
+        let link = self.links.verify.with_token(&message.token);
         let context = minijinja::context! {
             display_name => message.display_name.trim(),
             link => &link,
@@ -31,13 +31,7 @@ impl Renderer {
         let parts = self
             .templates
             .render(Kind::VerificationV1, locale, &context)?;
-        Ok(RenderedEmail {
-            locale,
-            subject: parts.subject,
-            text: parts.text,
-            html: parts.html,
-            link,
-        })
+        Ok(RenderedEmail::new(locale, parts, Some(link)))
     }
 }
 
@@ -51,10 +45,6 @@ mod tests {
     const NOW: OffsetDateTime = datetime!(2026-11-21 10:00 UTC);
     const TOKEN: &str = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5";
 
-    fn renderer() -> Renderer {
-        Renderer::new("https://app.example.com/verify?token={token}").expect("valid template")
-    }
-
     fn message(locale: &str, display_name: &str, expires_in: Duration) -> EmailVerificationV1 {
         EmailVerificationV1 {
             recipient: "ada@example.com".into(),
@@ -67,7 +57,7 @@ mod tests {
     }
 
     fn render(locale: &str, display_name: &str, expires_in: Duration) -> RenderedEmail {
-        renderer()
+        Renderer::for_tests()
             .verification(&message(locale, display_name, expires_in), NOW)
             .expect("renders")
     }
@@ -78,7 +68,7 @@ mod tests {
         assert_eq!(email.locale(), Locale::En);
         assert_eq!(email.subject(), "Verify your email address");
         let link = format!("https://app.example.com/verify?token={TOKEN}");
-        assert_eq!(email.link(), link);
+        assert_eq!(email.link(), Some(link.as_str()));
         let expiry =
             "This link and code expire in 24 hours, on Sunday 22 November 2026 at 10:00 UTC.";
         for body in [email.text(), email.html()] {
@@ -108,7 +98,7 @@ mod tests {
             assert!(body.contains(expiry), "{body}");
         }
         assert!(email.html().contains("<html lang=\"fr\">"));
-        assert!(email.text().contains(email.link()));
+        assert!(email.text().contains(email.link().expect("a link")));
     }
 
     #[test]
@@ -143,7 +133,7 @@ mod tests {
     #[test]
     fn an_expired_message_is_not_rendered() {
         let message = message("en", "Ada", Duration::minutes(-1));
-        let result = renderer().verification(&message, NOW);
+        let result = Renderer::for_tests().verification(&message, NOW);
         assert!(matches!(result, Err(RenderError::Expired)));
     }
 

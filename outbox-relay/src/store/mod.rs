@@ -40,8 +40,15 @@ pub fn pool(
         .build()?)
 }
 
-/// Payload keys a dead-lettered message keeps; everything else (tokens, codes) is dropped.
-const SAFE_PAYLOAD_KEYS: [&str; 4] = ["recipient", "display_name", "locale", "expires_at"];
+/// Payload keys a dead-lettered message keeps; everything else (tokens, codes) is dropped. An
+/// allowlist, so a new secret field is dropped without anyone remembering to.
+const SAFE_PAYLOAD_KEYS: [&str; 5] = [
+    "recipient",
+    "display_name",
+    "locale",
+    "expires_at",
+    "changed_at",
+];
 
 /// A message this relay holds a lease on.
 #[derive(QueryableByName)]
@@ -199,4 +206,16 @@ pub async fn dead_letter(
     .execute(conn)
     .await?;
     Ok(moved == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_never_keep_a_token_or_a_code() {
+        for secret in ["token", "code"] {
+            assert!(!SAFE_PAYLOAD_KEYS.contains(&secret), "{secret}");
+        }
+    }
 }

@@ -1,0 +1,156 @@
+//! Password reset end to end: the built server and relay, PostgreSQL, and the SMTP server.
+
+use std::time::Duration;
+
+use identity_proto::identity::v1::{
+    self as pb, password_reset_service_client::PasswordResetServiceClient,
+    session_service_client::SessionServiceClient,
+};
+use identity_tests::{relay, server::Server, smtp::SmtpServer};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const WAIT: Duration = Duration::from_secs(60);
+const NEW_PASSWORD: &str = "marmalade-lantern-quartz-9";
+
+/// The decoded text part of an email.
+fn text_of(data: &str) -> String {
+    let parsed = mailparse::parse_mail(data.as_bytes()).expect("a MIME message");
+    parsed
+        .subparts
+        .iter()
+        .find(|part| part.ctype.mimetype == "text/plain")
+        .expect("a text part")
+        .get_body()
+        .expect("decodable")
+}
+
+/// The 43-character token after `prefix` in `text`.
+fn token_after(text: &str, prefix: &str) -> String {
+    text.split(prefix)
+        .nth(1)
+        .and_then(|rest| rest.get(..43))
+        .unwrap_or_else(|| panic!("no {prefix} link in:\n{text}"))
+        .to_owned()
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice() {
+    let smtp = SmtpServer::start();
+    let server = Server::start(&[]).await;
+    let _relay = relay::start(&server.db.url, &smtp.url(), &[]).await;
+    let channel = server.channel().await;
+
+    // An active user with a session.
+    let mut registration = server.registration().await;
+    registration
+        .register(pb::RegisterRequest {
+            email: "ada@example.com".into(),
+            password: "tangerine-kettle-orbit-42".into(),
+            display_name: "Ada Lovelace".into(),
+            locale: "en".into(),
+        })
+        .await
+        .expect("registers");
+    let verification = smtp.wait_for_message_to("ada@example.com", WAIT).await;
+    let token = token_after(
+        &text_of(&verification.data),
+        "https://app.example.com/verify?token=",
+    );
+    registration
+        .verify_email(pb::VerifyEmailRequest {
+            proof: Some(pb::verify_email_request::Proof::Token(token)),
+        })
+        .await
+        .expect("verifies");
+    let mut sessions = SessionServiceClient::new(channel.clone());
+    let login = |password: &str| pb::LoginRequest {
+        email: "ada@example.com".into(),
+        password: password.into(),
+    };
+    let before = sessions
+        .login(login("tangerine-kettle-orbit-42"))
+        .await
+        .expect("logs in")
+        .into_inner();
+
+    // An unknown address gets OK and no email: no message is even queued.
+    let mut resets = PasswordResetServiceClient::new(channel);
+    resets
+        .request_password_reset(pb::RequestPasswordResetRequest {
+            email: "nobody@example.com".into(),
+        })
+        .await
+        .expect("OK for an unknown address");
+    assert!(server.emails_to("nobody@example.com").await.is_empty());
+
+    // The reset email arrives with a link; the token resets the password.
+    resets
+        .request_password_reset(pb::RequestPasswordResetRequest {
+            email: "ada@example.com".into(),
+        })
+        .await
+        .expect("OK");
+    let mails = smtp.wait_for_messages(2, WAIT).await;
+    let reset_mail = mails.last().expect("the reset email");
+    assert!(reset_mail.is_for("ada@example.com"));
+    let reset_token = token_after(
+        &text_of(&reset_mail.data),
+        "https://app.example.com/reset?token=",
+    );
+    resets
+        .reset_password(pb::ResetPasswordRequest {
+            token: reset_token.clone(),
+            new_password: NEW_PASSWORD.into(),
+        })
+        .await
+        .expect("resets");
+
+    // The old password fails, the new one works, the earlier session is dead.
+    let old = sessions
+        .login(login("tangerine-kettle-orbit-42"))
+        .await
+        .expect_err("old password");
+    assert_eq!(
+        (old.code(), reason(&old).as_str()),
+        (Code::Unauthenticated, "INVALID_CREDENTIALS")
+    );
+    sessions
+        .login(login(NEW_PASSWORD))
+        .await
+        .expect("new password");
+    let refresh = sessions
+        .refresh_session(pb::RefreshSessionRequest {
+            refresh_token: before.refresh_token,
+        })
+        .await
+        .expect_err("revoked by the reset");
+    assert_eq!(reason(&refresh), "REFRESH_TOKEN_INVALID");
+
+    // The notice arrives, without any token.
+    let mails = smtp.wait_for_messages(3, WAIT).await;
+    let notice = mails.last().expect("the notice");
+    assert!(notice.is_for("ada@example.com"));
+    let notice_text = text_of(&notice.data);
+    assert!(!notice_text.contains(&reset_token), "{notice_text}");
+
+    // The link works once.
+    let again = resets
+        .reset_password(pb::ResetPasswordRequest {
+            token: reset_token,
+            new_password: "another-password-entirely".into(),
+        })
+        .await
+        .expect_err("used");
+    assert_eq!(
+        (again.code(), reason(&again).as_str()),
+        (Code::FailedPrecondition, "RESET_TOKEN_USED")
+    );
+}
