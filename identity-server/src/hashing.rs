@@ -120,13 +120,7 @@ impl PasswordHasher {
 
     /// Hashes `password` into an Argon2id PHC string, waiting for a worker if need be.
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
-        match self
-            .run(SecretString::from(password.expose()), Task::Hash)
-            .await?
-        {
-            Outcome::Hashed(phc) => Ok(phc),
-            Outcome::Verified(_) => Err(anyhow::anyhow!("a hash job came back as a check").into()),
-        }
+        self.rehash(password.expose()).await
     }
 
     /// Checks `password` (as typed, unparsed: a login must not reveal the policy) against the

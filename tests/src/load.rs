@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use tokio::task::JoinSet;
 
 /// What one phase saw.
 #[derive(Debug, Default)]
@@ -96,4 +97,14 @@ pub fn argon2_bound(params: &Params, cores: usize) -> (Duration, f64) {
         workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
     });
     (one, total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Waits for every caller and adds up what they saw; `started` is when the phase began.
+pub async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
+    let mut total = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        total.merge(done.unwrap_or_default());
+    }
+    total.elapsed = started.elapsed();
+    total
 }

@@ -25,7 +25,7 @@ use clap::Parser;
 use identity_proto::identity::v1::{
     RegisterRequest, registration_service_client::RegistrationServiceClient,
 };
-use identity_tests::load::{Tally, argon2_bound};
+use identity_tests::load::{Tally, argon2_bound, gather};
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
@@ -168,16 +168,6 @@ async fn open_loop(
         });
     }
     gather(tasks, started).await
-}
-
-/// Waits for every caller and adds up what they saw.
-async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
-    let mut total = Tally::default();
-    while let Some(done) = tasks.join_next().await {
-        total.merge(done.unwrap_or_default());
-    }
-    total.elapsed = started.elapsed();
-    total
 }
 
 /// Samples a process's resident memory until stopped; returns the peak in KiB.

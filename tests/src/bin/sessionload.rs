@@ -19,7 +19,7 @@ use identity_proto::identity::v1::{
     self as pb, registration_service_client::RegistrationServiceClient,
     session_service_client::SessionServiceClient,
 };
-use identity_tests::load::{Tally, argon2_bound};
+use identity_tests::load::{Tally, argon2_bound, gather};
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 
@@ -112,15 +112,6 @@ fn record<T>(tally: &mut Tally, started: Instant, result: &Result<T, tonic::Stat
             tally.other_errors += 1;
         }
     }
-}
-
-async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
-    let mut total = Tally::default();
-    while let Some(done) = tasks.join_next().await {
-        total.merge(done.unwrap_or_default());
-    }
-    total.elapsed = started.elapsed();
-    total
 }
 
 async fn login_phase(
