@@ -36,6 +36,8 @@ ensure_buf() {
   # shellcheck disable=SC2034 # for the caller
   BUF="$REPO/node_modules/.bin/buf"
   if [[ ! -x $BUF ]]; then
+    # buf is pinned in package.json and comes from npm; as root, install npm when missing.
+    command -v npm >/dev/null || apt_install nodejs npm
     command -v npm >/dev/null || die "npm is needed to install buf (install Node.js)"
     mkdir -p "$REPO/.local"
     # npm ci refuses a lock file that lacks some of buf's per-platform optional packages (the
