@@ -1,7 +1,12 @@
-//! Filling the outbox directly, as identity-server would, for relay tests and benchmarks that
-//! need many messages faster than sign-ups (each hashes a password) can make them.
+//! The outbox from a test's side: filling it directly, as identity-server would (faster than
+//! sign-ups, which hash a password each), and reading what is left in it and in `outbox_dead`.
 
-use diesel::sql_types::{BigInt, Text};
+use std::time::Duration;
+
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Integer, Text},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// Queues `n` verification emails to `{prefix}{i}@example.com` (token `token-{prefix}{i}`,
@@ -38,4 +43,52 @@ pub async fn notify(conn: &mut AsyncPgConnection) {
         .execute(conn)
         .await
         .expect("notifies");
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Runs `sql`, a query that selects one `count(*) AS n`.
+pub async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .n
+}
+
+/// Waits until the outbox is empty.
+pub async fn drained(conn: &mut AsyncPgConnection, timeout: Duration) {
+    crate::wait::until("the outbox to drain", timeout, async || {
+        (count(conn, "SELECT count(*) AS n FROM outbox").await == 0).then_some(())
+    })
+    .await;
+}
+
+/// A row of `outbox_dead`.
+#[derive(QueryableByName, Debug)]
+pub struct DeadLetter {
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// The whole row as JSON, to search for anything that should not be there.
+    #[diesel(sql_type = Text)]
+    pub whole_row: String,
+}
+
+/// Every dead letter, oldest first.
+pub async fn dead_letters(conn: &mut AsyncPgConnection) -> Vec<DeadLetter> {
+    diesel::sql_query(
+        "SELECT kind, reason, attempts, row_to_json(d)::text AS whole_row
+           FROM outbox_dead d ORDER BY dead_at",
+    )
+    .load(conn)
+    .await
+    .expect("outbox_dead is readable")
 }

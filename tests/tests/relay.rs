@@ -1,16 +1,12 @@
-//! outbox-relay end to end: the built binaries, a real PostgreSQL and a real SMTP server
-//! (mailin-embedded, over TCP) that can answer chosen recipients with 4xx or 5xx.
+//! outbox-relay end to end: the built binaries, a real PostgreSQL and a real SMTP server over
+//! TCP (the mailin crate's implementation) that can answer chosen recipients with 4xx or 5xx.
 
 use std::{collections::HashMap, time::Duration};
 
-use diesel::{
-    QueryableByName,
-    sql_types::{BigInt, Integer, Text},
-};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use identity_proto::identity::v1::{self as pb, verify_email_request::Proof};
 use identity_tests::{
-    outbox::enqueue,
+    outbox::{self, count, dead_letters, enqueue},
     pg::{TestDb, free_port},
     process::{self, Process},
     relay,
@@ -23,50 +19,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 async fn start_relay(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Process {
     relay::start(db_url, smtp_url, extra).await
-}
-
-#[derive(QueryableByName, Debug)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
-    diesel::sql_query(sql)
-        .get_result::<Count>(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .n
-}
-
-#[derive(QueryableByName, Debug)]
-struct Dead {
-    #[diesel(sql_type = Text)]
-    kind: String,
-    #[diesel(sql_type = Text)]
-    reason: String,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
-    #[diesel(sql_type = Text)]
-    whole_row: String,
-}
-
-async fn dead_letters(conn: &mut AsyncPgConnection) -> Vec<Dead> {
-    diesel::sql_query(
-        "SELECT kind, reason, attempts, row_to_json(d)::text AS whole_row
-           FROM outbox_dead d ORDER BY dead_at",
-    )
-    .load(conn)
-    .await
-    .expect("outbox_dead is readable")
-}
-
-/// Waits until the outbox is empty.
-async fn drained(conn: &mut AsyncPgConnection) {
-    wait::until("the outbox to drain", WAIT, async || {
-        (count(conn, "SELECT count(*) AS n FROM outbox").await == 0).then_some(())
-    })
-    .await;
 }
 
 /// The text/plain part of a received email, decoded.
@@ -158,7 +110,7 @@ async fn registered_users_get_their_email_over_smtp_and_verify_with_its_link_or_
         assert_eq!(verified.status(), pb::UserStatus::Active);
     }
     // Delivered messages are deleted, and their secrets with them.
-    drained(&mut server.db.connect().await).await;
+    outbox::drained(&mut server.db.connect().await, WAIT).await;
 }
 
 #[tokio::test]
@@ -177,7 +129,7 @@ async fn a_recipient_answered_451_twice_gets_the_email_once_on_the_third_attempt
 
     enqueue(&mut conn, "slow", 1).await;
     smtp.wait_for_message_to("slow1@example.com", WAIT).await;
-    drained(&mut conn).await;
+    outbox::drained(&mut conn, WAIT).await;
 
     assert_eq!(smtp.attempts("slow1@example.com"), 3);
     assert_eq!(smtp.messages_to("slow1@example.com").len(), 1);
@@ -262,7 +214,7 @@ async fn emails_queued_while_the_smtp_server_is_down_all_arrive_once_it_is_up() 
 
     let smtp = SmtpServer::start_on(port);
     smtp.wait_for_messages(50, WAIT).await;
-    drained(&mut conn).await;
+    outbox::drained(&mut conn, WAIT).await;
 
     let seen = deliveries(&smtp);
     for recipient in &recipients {
@@ -281,7 +233,7 @@ async fn two_relays_deliver_500_messages_exactly_once() {
     let _first = start_relay(&db.url, &smtp.url(), &[("RELAY_BATCH_SIZE", "20")]).await;
     let _second = start_relay(&db.url, &smtp.url(), &[("RELAY_BATCH_SIZE", "20")]).await;
     smtp.wait_for_messages(500, WAIT).await;
-    drained(&mut conn).await;
+    outbox::drained(&mut conn, WAIT).await;
 
     let seen = deliveries(&smtp);
     assert_eq!(seen.len(), 500);
@@ -324,7 +276,7 @@ async fn killing_the_relay_repeatedly_loses_nothing_and_duplicates_at_most_a_bat
         );
     }
     let _final_run = start_relay(&db.url, &smtp.url(), &settings).await;
-    drained(&mut conn).await;
+    outbox::drained(&mut conn, WAIT).await;
 
     let seen = deliveries(&smtp);
     let missing = recipients.iter().filter(|r| !seen.contains_key(*r)).count();
@@ -419,7 +371,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_rest_delive
     let _relay = start_relay(&db.url, &smtp.url(), &[]).await;
 
     smtp.wait_for_messages(4, WAIT).await;
-    drained(&mut conn).await;
+    outbox::drained(&mut conn, WAIT).await;
 
     let dead = dead_letters(&mut conn).await;
     let mut reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
@@ -494,7 +446,7 @@ async fn refused_smtp_credentials_pause_delivery_without_counting_attempts() {
     let right = smtp.url_with_credentials("relay", "right-password");
     let _relay = start_relay(&db.url, &right, &[]).await;
     smtp.wait_for_messages(3, WAIT).await;
-    drained(&mut conn).await;
+    outbox::drained(&mut conn, WAIT).await;
 }
 
 #[tokio::test]
@@ -512,7 +464,7 @@ async fn without_smtp_url_emails_are_written_as_files_and_the_link_is_logged() {
 
     enqueue(&mut conn, "file", 1).await;
     let line = relay.wait_for_line("email written to a file", WAIT).await;
-    drained(&mut conn).await;
+    outbox::drained(&mut conn, WAIT).await;
 
     let path = process::field(&line, "path").expect("the log names the file");
     let email = std::fs::read_to_string(path).expect("the .eml file exists");

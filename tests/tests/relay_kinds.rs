@@ -3,17 +3,14 @@
 
 use std::time::Duration;
 
-use diesel::{
-    QueryableByName,
-    sql_types::{BigInt, Integer, Text},
-};
+use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1};
 use identity_tests::{
+    outbox::{dead_letters, drained},
     pg::TestDb,
     process::{self, Process},
     smtp::{Received, SmtpServer},
-    wait,
 };
 use mailparse::{MailHeaderMap, ParsedMail};
 use time::OffsetDateTime;
@@ -72,50 +69,6 @@ fn changed_payload(recipient: &str, locale: &str) -> String {
     .expect("serializes")
 }
 
-#[derive(QueryableByName, Debug)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn outbox_len(conn: &mut AsyncPgConnection) -> i64 {
-    diesel::sql_query("SELECT count(*) AS n FROM outbox")
-        .get_result::<Count>(conn)
-        .await
-        .expect("outbox is readable")
-        .n
-}
-
-/// Waits until the outbox is empty.
-async fn drained(conn: &mut AsyncPgConnection) {
-    wait::until("the outbox to drain", WAIT, async || {
-        (outbox_len(conn).await == 0).then_some(())
-    })
-    .await;
-}
-
-#[derive(QueryableByName, Debug)]
-struct Dead {
-    #[diesel(sql_type = Text)]
-    kind: String,
-    #[diesel(sql_type = Text)]
-    reason: String,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
-    #[diesel(sql_type = Text)]
-    whole_row: String,
-}
-
-async fn dead_letters(conn: &mut AsyncPgConnection) -> Vec<Dead> {
-    diesel::sql_query(
-        "SELECT kind, reason, attempts, row_to_json(d)::text AS whole_row
-           FROM outbox_dead d ORDER BY dead_at",
-    )
-    .load(conn)
-    .await
-    .expect("outbox_dead is readable")
-}
-
 /// A received email, parsed.
 fn parse(mail: &Received) -> ParsedMail<'_> {
     mailparse::parse_mail(mail.data.as_bytes()).expect("a MIME message")
@@ -160,7 +113,7 @@ async fn reset_and_changed_emails_are_delivered_with_their_subject_recipient_and
     .await;
     let reset = smtp.wait_for_message_to("reset@example.com", WAIT).await;
     let changed = smtp.wait_for_message_to("changed@example.com", WAIT).await;
-    drained(&mut conn).await;
+    drained(&mut conn, WAIT).await;
 
     let reset = parse(&reset);
     assert_eq!(reset.ctype.mimetype, "multipart/alternative");
@@ -218,7 +171,7 @@ async fn malformed_or_expired_reset_payloads_are_dead_lettered_without_their_tok
     let relay = start_relay(&db.url, &smtp.url(), &[]).await;
 
     smtp.wait_for_message_to("fine@example.com", WAIT).await;
-    drained(&mut conn).await;
+    drained(&mut conn, WAIT).await;
 
     let dead = dead_letters(&mut conn).await;
     assert_eq!(dead.len(), 2, "{dead:?}");
@@ -275,7 +228,7 @@ async fn without_smtp_url_the_reset_email_is_written_to_a_file_and_its_link_logg
     let line = relay
         .wait_for_line("password reset email for file-reset@example.com", WAIT)
         .await;
-    drained(&mut conn).await;
+    drained(&mut conn, WAIT).await;
 
     let path = process::field(&line, "path").expect("the log names the file");
     let email = std::fs::read_to_string(path).expect("the .eml file exists");

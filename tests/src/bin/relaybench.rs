@@ -1,4 +1,4 @@
-//! Benchmark of outbox-relay against a local SMTP sink (mailin-embedded, in this process):
+//! Benchmark of outbox-relay against a local SMTP sink (the mailin-based test server, in this process):
 //!
 //! 1. latency when idle: one message at a time, from its transaction's commit to the SMTP
 //!    server's acceptance (both timed on this process's monotonic clock);
