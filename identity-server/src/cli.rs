@@ -16,7 +16,7 @@ use crate::{
     password_reset, registration, sessions,
     startup::{self, Application, Settings},
     telemetry::{self, LogFormat},
-    tokens::KeyRing,
+    tokens::{KeyRing, TokenSettings},
 };
 
 /// gRPC identity service: sign-up (Register, VerifyEmail, ResendVerificationEmail) on
@@ -226,9 +226,11 @@ impl ServeArgs {
             },
             keys: Arc::new(keys),
             sessions: sessions::Settings {
-                issuer: self.token_issuer,
-                audience: self.token_audience,
-                access_ttl: time::Duration::seconds(self.access_token_ttl_secs),
+                tokens: TokenSettings {
+                    issuer: self.token_issuer,
+                    audience: self.token_audience,
+                    access_ttl: time::Duration::seconds(self.access_token_ttl_secs),
+                },
                 refresh_ttl: time::Duration::seconds(self.refresh_token_ttl_secs),
                 ..sessions::Settings::default()
             },

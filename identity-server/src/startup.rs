@@ -140,7 +140,7 @@ impl Application {
             .build_v1alpha()?;
 
         let registration = RegistrationServiceServer::new(RegistrationApi::new(self.registration));
-        let token_settings = self.sessions.settings().clone();
+        let token_settings = self.sessions.token_settings().clone();
         let session_service = SessionServiceServer::new(SessionApi::new(self.sessions));
         let password_reset_service =
             PasswordResetServiceServer::new(PasswordResetApi::new(self.password_reset));

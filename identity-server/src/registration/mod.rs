@@ -91,15 +91,12 @@ impl Registration {
 
     /// Creates a fresh token and code for `to`, stores their hashes and queues the email that
     /// carries them, all inside the caller's transaction.
-    async fn issue_verification<E>(
+    async fn issue_verification(
         &self,
         conn: &mut AsyncPgConnection,
         to: &Recipient<'_>,
         now: OffsetDateTime,
-    ) -> Result<(), E>
-    where
-        E: From<StoreError> + From<anyhow::Error>,
-    {
+    ) -> Result<(), StoreError> {
         let token = VerificationToken::generate();
         let code = VerificationCode::generate();
         let secret_id = Uuid::now_v7();

@@ -96,8 +96,7 @@ impl Registration {
                 display_name: display_name.as_ref(),
                 locale: locale.as_ref(),
             };
-            self.issue_verification::<RegisterError>(conn, &to, now)
-                .await?;
+            self.issue_verification(conn, &to, now).await?;
             Ok::<_, RegisterError>(())
         })
         .await?;

@@ -66,8 +66,7 @@ impl Registration {
                     display_name: &user.display_name,
                     locale: &user.locale,
                 };
-                self.issue_verification::<ResendError>(conn, &to, now)
-                    .await?;
+                self.issue_verification(conn, &to, now).await?;
                 Ok(ResendOutcome::Queued)
             })
             .await?;

@@ -19,18 +19,14 @@ use crate::{
     db::{self, StoreError},
     domain::RefreshToken,
     hashing::PasswordHasher,
-    tokens::{AccessClaims, KeyRing},
+    tokens::{KeyRing, TokenSettings},
 };
 
-/// Lifetimes, token audience, and the login throttle.
+/// Access tokens, session lifetime, and the login throttle.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `iss` of access tokens.
-    pub issuer: String,
-    /// `aud` of access tokens.
-    pub audience: String,
-    /// How long an access token lives.
-    pub access_ttl: Duration,
+    /// Issuer, audience and lifetime of access tokens.
+    pub tokens: TokenSettings,
     /// How long a session lives, however often it is refreshed.
     pub refresh_ttl: Duration,
     /// Consecutive failures allowed before logins for an address are delayed.
@@ -44,9 +40,11 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            issuer: "identity".into(),
-            audience: "identity-clients".into(),
-            access_ttl: Duration::minutes(15),
+            tokens: TokenSettings {
+                issuer: "identity".into(),
+                audience: "identity-clients".into(),
+                access_ttl: Duration::minutes(15),
+            },
             refresh_ttl: Duration::days(30),
             free_failures: 3,
             first_delay: StdDuration::from_secs(1),
@@ -131,9 +129,9 @@ impl Sessions {
         })
     }
 
-    /// The settings (for the token verifier of authenticated services).
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// What access tokens carry, for the services that verify them.
+    pub fn token_settings(&self) -> &TokenSettings {
+        &self.settings.tokens
     }
 
     /// Gives `session_id` a fresh refresh token inside the caller's transaction.
@@ -154,16 +152,11 @@ impl Sessions {
         session_id: Uuid,
         now: OffsetDateTime,
     ) -> anyhow::Result<(String, OffsetDateTime)> {
-        let claims = AccessClaims {
-            issuer: self.settings.issuer.clone(),
-            audience: self.settings.audience.clone(),
-            subject: user_id,
-            session_id,
-            roles: vec!["user".into()],
-        };
+        let tokens = &self.settings.tokens;
+        let claims = tokens.claims(user_id, session_id, vec!["user".into()]);
         let issued = self
             .keys
-            .issue(&claims, now, self.settings.access_ttl)
+            .issue(&claims, now, tokens.access_ttl)
             .map_err(|e| anyhow::anyhow!("signing an access token: {e}"))?;
         Ok((issued.token, issued.expires_at))
     }
