@@ -1,8 +1,15 @@
 //! Compiles `identity/v1/*.proto` with protox (pure Rust, so `protoc` is not a prerequisite) and
 //! generates tonic servers and clients, plus the encoded descriptor set that server reflection
-//! serves.
+//! serves, and a redacting `Debug` for every message that carries text or bytes
+//! (`build/debug_impls.rs`).
 
 use std::{env, fs, path::PathBuf};
+
+#[path = "build/debug_impls.rs"]
+mod debug_impls;
+
+/// The package whose messages get the redacting `Debug`.
+const PACKAGE: &str = "identity.v1";
 
 const PROTO_FILES: &[&str] = &[
     "identity/v1/user.proto",
@@ -13,26 +20,13 @@ const PROTO_FILES: &[&str] = &[
     "identity/v1/password_reset_service.proto",
 ];
 
-/// Messages whose generated `Debug` would print a secret.
-const SECRET_BEARING: &[&str] = &[
-    ".identity.v1.RegisterRequest",
-    ".identity.v1.VerifyEmailRequest",
-    ".identity.v1.VerifyEmailRequest.proof",
-    ".identity.v1.EmailCode",
-    ".identity.v1.LoginRequest",
-    ".identity.v1.LoginResponse",
-    ".identity.v1.RefreshSessionRequest",
-    ".identity.v1.RefreshSessionResponse",
-    ".identity.v1.RevokeSessionRequest",
-    ".identity.v1.ResetPasswordRequest",
-];
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     println!(
         "cargo:rerun-if-changed={}",
         proto_root.join("identity").display()
     );
+    println!("cargo:rerun-if-changed=build/debug_impls.rs");
 
     let mut compiler = protox::Compiler::new([&proto_root])?;
     compiler.include_imports(true).include_source_info(true);
@@ -44,11 +38,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    let descriptors = compiler.file_descriptor_set();
+    let (debug_impls, redacted_messages) = debug_impls::generate(&descriptors.file, PACKAGE)?;
+    fs::write(out_dir.join(format!("{PACKAGE}.debug.rs")), debug_impls)?;
+
     tonic_prost_build::configure()
-        // Messages that carry a password, token or code get a hand-written, redacting Debug.
-        .skip_debug(SECRET_BEARING)
+        // Messages with text or bytes fields get the generated, redacting Debug instead.
+        .skip_debug(redacted_messages)
         .build_server(true)
         .build_client(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+        .compile_fds(descriptors)?;
     Ok(())
 }

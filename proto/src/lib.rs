@@ -4,8 +4,14 @@
 //!   clients, prost messages), and [`FILE_DESCRIPTOR_SET`] for server reflection.
 //! - [`outbox`]: the messages `identity-server` writes to the outbox table and `outbox-relay`
 //!   delivers. Both processes compile this one definition, so they cannot drift apart.
+//!
+//! `Debug` of a generated message never prints a string or bytes field (passwords, tokens,
+//! codes, but also addresses and names) unless the field is on build.rs's short allow-list of
+//! harmless ones (`user_id`, `key_id`, `public_key`, `locale`): a field added later is redacted
+//! until someone decides otherwise. The tests are in [`redact`].
 
 pub mod outbox;
+#[cfg(test)]
 mod redact;
 
 /// Generated code, laid out by protobuf package.
@@ -14,6 +20,8 @@ pub mod identity {
     pub mod v1 {
         #![allow(missing_docs, missing_debug_implementations, clippy::all)]
         tonic::include_proto!("identity.v1");
+        // Redacting Debug for every message with text or bytes fields (see build.rs).
+        include!(concat!(env!("OUT_DIR"), "/identity.v1.debug.rs"));
     }
 }
 

@@ -1,153 +1,111 @@
-//! `Debug` for the request messages that carry secrets: passwords, link tokens and codes are
-//! never printed, whoever logs a request.
-
-use std::fmt;
+//! Tests of the generated, redacting `Debug` (build/debug_impls.rs): whoever logs a message with
+//! `{:?}` sees no password, token, code, address or name.
 
 use crate::identity::v1::{
-    EmailCode, LoginRequest, LoginResponse, RefreshSessionRequest, RefreshSessionResponse,
-    RegisterRequest, ResetPasswordRequest, RevokeSessionRequest, VerifyEmailRequest,
-    verify_email_request,
+    EmailCode, GetCurrentUserResponse, ListPublicKeysResponse, LoginRequest, LoginResponse,
+    PublicKey, RefreshSessionRequest, RegisterRequest, RegisterResponse, ResetPasswordRequest,
+    RevokeSessionRequest, User, UserStatus, VerifyEmailRequest, verify_email_request,
 };
 
-const REDACTED: &str = "<redacted>";
+const SECRETS: [&str; 8] = [
+    "hunter2",
+    "tok-secret",
+    "654321",
+    "login-secret",
+    "access-secret",
+    "refresh-secret",
+    "ada@example.com",
+    "Ada Lovelace",
+];
 
-impl fmt::Debug for RegisterRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegisterRequest")
-            .field("email", &self.email)
-            .field("password", &REDACTED)
-            .field("display_name", &self.display_name)
-            .field("locale", &self.locale)
-            .finish()
+fn assert_hidden(printed: &str) {
+    for secret in SECRETS {
+        assert!(!printed.contains(secret), "{secret} leaked: {printed}");
     }
 }
 
-impl fmt::Debug for VerifyEmailRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyEmailRequest")
-            .field("proof", &self.proof)
-            .finish()
-    }
-}
-
-impl fmt::Debug for verify_email_request::Proof {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Token(_) => f.debug_tuple("Token").field(&REDACTED).finish(),
-            Self::EmailCode(pair) => f.debug_tuple("EmailCode").field(pair).finish(),
-        }
-    }
-}
-
-impl fmt::Debug for EmailCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EmailCode")
-            .field("email", &self.email)
-            .field("code", &REDACTED)
-            .finish()
-    }
-}
-
-impl fmt::Debug for LoginRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoginRequest")
-            .field("email", &self.email)
-            .field("password", &REDACTED)
-            .finish()
-    }
-}
-
-/// The two session responses have the same fields; both hide their tokens.
-macro_rules! redacted_session_response {
-    ($message:ident) => {
-        impl fmt::Debug for $message {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($message))
-                    .field("user_id", &self.user_id)
-                    .field("access_token", &REDACTED)
-                    .field("access_token_expires_at", &self.access_token_expires_at)
-                    .field("refresh_token", &REDACTED)
-                    .field("refresh_token_expires_at", &self.refresh_token_expires_at)
-                    .finish()
-            }
-        }
+#[test]
+fn debug_output_of_requests_and_responses_hides_every_secret_and_address() {
+    let register = RegisterRequest {
+        email: "ada@example.com".into(),
+        password: "hunter2-hunter2".into(),
+        display_name: "Ada Lovelace".into(),
+        locale: "en".into(),
     };
-}
-
-redacted_session_response!(LoginResponse);
-redacted_session_response!(RefreshSessionResponse);
-
-/// Requests that carry nothing but a refresh token.
-macro_rules! redacted_refresh_request {
-    ($message:ident) => {
-        impl fmt::Debug for $message {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($message))
-                    .field("refresh_token", &REDACTED)
-                    .finish()
-            }
-        }
+    let by_token = VerifyEmailRequest {
+        proof: Some(verify_email_request::Proof::Token("tok-secret".into())),
     };
-}
-
-redacted_refresh_request!(RefreshSessionRequest);
-redacted_refresh_request!(RevokeSessionRequest);
-
-impl fmt::Debug for ResetPasswordRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResetPasswordRequest")
-            .field("token", &REDACTED)
-            .field("new_password", &REDACTED)
-            .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_output_of_requests_hides_secrets() {
-        let register = RegisterRequest {
+    let by_code = VerifyEmailRequest {
+        proof: Some(verify_email_request::Proof::EmailCode(EmailCode {
             email: "ada@example.com".into(),
-            password: "hunter2-hunter2".into(),
-            display_name: "Ada".into(),
-            locale: "en".into(),
-        };
-        let by_token = VerifyEmailRequest {
-            proof: Some(verify_email_request::Proof::Token("tok-secret".into())),
-        };
-        let by_code = VerifyEmailRequest {
-            proof: Some(verify_email_request::Proof::EmailCode(EmailCode {
-                email: "ada@example.com".into(),
-                code: "123456".into(),
-            })),
-        };
-        let login = LoginRequest {
-            email: "ada@example.com".into(),
-            password: "login-secret".into(),
-        };
-        let session = LoginResponse {
+            code: "654321".into(),
+        })),
+    };
+    let login = LoginRequest {
+        email: "ada@example.com".into(),
+        password: "login-secret".into(),
+    };
+    let session = LoginResponse {
+        user_id: "u1".into(),
+        access_token: "v4.public.access-secret".into(),
+        refresh_token: "refresh-secret".into(),
+        ..LoginResponse::default()
+    };
+    let refresh = RefreshSessionRequest {
+        refresh_token: "refresh-secret".into(),
+    };
+    let revoke = RevokeSessionRequest {
+        refresh_token: "refresh-secret".into(),
+    };
+    let reset = ResetPasswordRequest {
+        token: "tok-secret".into(),
+        new_password: "hunter2-hunter2".into(),
+    };
+    let me = GetCurrentUserResponse {
+        user: Some(User {
             user_id: "u1".into(),
-            access_token: "v4.public.access-secret".into(),
-            refresh_token: "refresh-secret".into(),
-            ..LoginResponse::default()
-        };
-        let refresh = RefreshSessionRequest {
-            refresh_token: "refresh-secret".into(),
-        };
-        let printed =
-            format!("{register:?} {by_token:?} {by_code:?} {login:?} {session:?} {refresh:?}");
-        assert!(printed.contains("ada@example.com") && printed.contains("u1"));
-        for secret in [
-            "hunter2",
-            "tok-secret",
-            "123456",
-            "login-secret",
-            "access-secret",
-            "refresh-secret",
-        ] {
-            assert!(!printed.contains(secret), "{secret} leaked: {printed}");
-        }
-    }
+            email: "ada@example.com".into(),
+            display_name: "Ada Lovelace".into(),
+            locale: "en".into(),
+            ..User::default()
+        }),
+    };
+    let printed = format!(
+        "{register:?} {by_token:?} {by_code:?} {login:?} {session:?} {refresh:?} {revoke:?} \
+         {reset:?} {me:?}"
+    );
+    assert_hidden(&printed);
+    assert!(printed.contains("<redacted>"), "{printed}");
+}
+
+#[test]
+fn allowed_fields_enums_and_empty_fields_stay_readable() {
+    let user = User {
+        user_id: "u1".into(),
+        status: UserStatus::Active.into(),
+        locale: "fr".into(),
+        ..User::default()
+    };
+    let printed = format!("{user:?}");
+    assert!(printed.contains("\"u1\""), "{printed}");
+    assert!(printed.contains("USER_STATUS_ACTIVE"), "{printed}");
+    assert!(printed.contains("\"fr\""), "{printed}");
+    assert!(printed.contains("email: \"<empty>\""), "{printed}");
+
+    let keys = ListPublicKeysResponse {
+        keys: vec![PublicKey {
+            key_id: "k4.pid.abc".into(),
+            public_key: "k4.public.def".into(),
+            ..PublicKey::default()
+        }],
+    };
+    let printed = format!("{keys:?}");
+    assert!(printed.contains("k4.pid.abc") && printed.contains("k4.public.def"));
+
+    // A message without text fields keeps prost's derived Debug.
+    let registered = RegisterResponse {
+        user_id: "u2".into(),
+        status: UserStatus::PendingVerification.into(),
+    };
+    assert!(format!("{registered:?}").contains("PendingVerification"));
 }
