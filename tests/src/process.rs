@@ -140,8 +140,27 @@ impl Drop for Process {
     }
 }
 
-/// The value of `key=` in a log line, up to the next white space.
+/// The value of `key` in a log line: `key=value` (text format, up to the next white space) or
+/// `"key":"value"` (JSON lines).
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    if let Some(start) = line.find(&format!("\"{key}\":\"")) {
+        let value = &line[start + key.len() + 4..];
+        return value.split('"').next();
+    }
     let start = line.find(&format!("{key}="))? + key.len() + 1;
     line[start..].split_whitespace().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field;
+
+    #[test]
+    fn fields_are_read_from_text_and_json_log_lines() {
+        let text = "INFO identity-server listening grpc.addr=127.0.0.1:5 other=1";
+        let json = r#"{"message":"identity-server listening","grpc.addr":"127.0.0.1:5"}"#;
+        assert_eq!(field(text, "grpc.addr"), Some("127.0.0.1:5"));
+        assert_eq!(field(json, "grpc.addr"), Some("127.0.0.1:5"));
+        assert_eq!(field(json, "missing"), None);
+    }
 }
