@@ -1,8 +1,6 @@
 //! End to end: the built `identity-server` binary, run as a user would (migrate, then serve on a
 //! free port), called over gRPC, gRPC-Web and the standard health and reflection protocols.
 
-use std::time::Duration;
-
 use identity_proto::identity::v1 as pb;
 use identity_tests::{pg::TestDb, process, server::Server};
 use prost::Message;
