@@ -4,6 +4,7 @@
 
 pub mod outbox;
 pub mod password_reset;
+pub mod retry;
 pub mod schema;
 pub mod sessions;
 pub mod users;

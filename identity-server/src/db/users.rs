@@ -84,14 +84,19 @@ pub async fn lock_by_email(
         .optional()?)
 }
 
-/// The user with this id, locked until the transaction ends.
-pub async fn lock_by_id(conn: &mut AsyncPgConnection, id: Uuid) -> Result<User, StoreError> {
+/// The user with this id, locked until the transaction ends; `None` once the account is gone
+/// (the janitor deletes accounts never verified).
+pub async fn lock_by_id(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<User>, StoreError> {
     Ok(users::table
         .find(id)
         .select(User::as_select())
         .for_update()
         .first(conn)
-        .await?)
+        .await
+        .optional()?)
 }
 
 /// Marks a pending user active; returns whether it was pending.
