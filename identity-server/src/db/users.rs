@@ -34,6 +34,8 @@ pub struct User {
     pub status: String,
     pub display_name: String,
     pub locale: String,
+    /// Wrong verification codes entered for this account, across all its emails.
+    pub failed_code_attempts: i32,
 }
 
 impl User {
@@ -97,6 +99,15 @@ pub async fn lock_by_id(
         .first(conn)
         .await
         .optional()?)
+}
+
+/// Counts one wrong verification code against the account.
+pub async fn count_wrong_code(conn: &mut AsyncPgConnection, id: Uuid) -> Result<(), StoreError> {
+    diesel::update(users::table.find(id))
+        .set(users::failed_code_attempts.eq(users::failed_code_attempts + 1))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Marks a pending user active; returns whether it was pending.

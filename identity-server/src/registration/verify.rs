@@ -129,6 +129,11 @@ impl Registration {
         let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
             return Ok(Err(VerifyEmailError::CodeInvalid));
         };
+        // Past the account's cap no code is even compared, so guessing ends for good however
+        // many emails are asked for; the unguessable link still works.
+        if user.failed_code_attempts >= self.settings.max_wrong_codes_per_account {
+            return Ok(Err(VerifyEmailError::TooManyAttempts));
+        }
         let max = self.settings.max_wrong_codes;
         let secrets = db::verification::of_user(conn, user.id).await?;
         let matching = secrets
@@ -169,6 +174,7 @@ impl Registration {
             return Ok(Err(verdict));
         }
         db::verification::record_wrong_code(conn, &open).await?;
+        db::users::count_wrong_code(conn, user.id).await?;
         Ok(Err(VerifyEmailError::CodeInvalid))
     }
 
