@@ -13,7 +13,7 @@ use crate::{
     db,
     domain::CodeKey,
     hashing::HashingConfig,
-    password_reset, registration, sessions,
+    janitor, password_reset, registration, sessions,
     startup::{self, Application, Settings},
     telemetry::{self, LogFormat},
     tokens::{KeyRing, TokenSettings},
@@ -161,6 +161,55 @@ struct ServeArgs {
     /// https://app.example.com. Empty: no cross-origin calls.
     #[arg(long, env = "IDENTITY_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     cors_allowed_origins: Vec<HeaderValue>,
+
+    /// Wrong verification codes an account may enter across all its emails; past it, codes
+    /// are refused (TOO_MANY_ATTEMPTS) and only the link verifies.
+    #[arg(
+        long,
+        env = "IDENTITY_MAX_WRONG_CODES_PER_ACCOUNT",
+        default_value_t = 15
+    )]
+    max_wrong_codes_per_account: i32,
+
+    /// Seconds between two janitor sweeps, which delete expired rows and never-verified
+    /// accounts. Every replica runs one; they share the work.
+    #[arg(long, env = "IDENTITY_JANITOR_INTERVAL_SECS", default_value_t = 5 * 60)]
+    janitor_interval_secs: u64,
+
+    /// Most rows one janitor statement deletes.
+    #[arg(long, env = "IDENTITY_JANITOR_BATCH_SIZE", default_value_t = 1000)]
+    janitor_batch_size: i64,
+
+    /// Seconds a pending account may wait for verification; then, once none of its links
+    /// works, the janitor deletes it and the address is free again.
+    #[arg(long, env = "IDENTITY_UNVERIFIED_ACCOUNT_TTL_SECS", default_value_t = 7 * 24 * 60 * 60)]
+    unverified_account_ttl_secs: i64,
+
+    /// Seconds used or expired verification links, codes and reset links are kept (their
+    /// users are told "expired" or "already used" meanwhile, then "invalid").
+    #[arg(long, env = "IDENTITY_SPENT_SECRET_RETENTION_SECS", default_value_t = 7 * 24 * 60 * 60)]
+    spent_secret_retention_secs: i64,
+
+    /// Seconds a login-throttle record is kept after its last failure and its block end.
+    #[arg(long, env = "IDENTITY_LOGIN_THROTTLE_RETENTION_SECS", default_value_t = 24 * 60 * 60)]
+    login_throttle_retention_secs: i64,
+
+    /// Seconds dead letters (outbox_dead) are kept.
+    #[arg(long, env = "IDENTITY_DEAD_LETTER_RETENTION_SECS", default_value_t = 30 * 24 * 60 * 60)]
+    dead_letter_retention_secs: i64,
+
+    /// Milliseconds between two readiness checks of the database (health service `readiness`).
+    #[arg(long, env = "IDENTITY_READINESS_INTERVAL_MS", default_value_t = 5000)]
+    readiness_interval_ms: u64,
+
+    /// Seconds the server keeps serving after SIGTERM while reporting NOT_SERVING, so load
+    /// balancers stop routing to it before it stops accepting connections.
+    #[arg(long, env = "IDENTITY_SHUTDOWN_DRAIN_DELAY_SECS", default_value_t = 5)]
+    shutdown_drain_delay_secs: u64,
+
+    /// Seconds in-flight calls then have to finish before their connections are closed.
+    #[arg(long, env = "IDENTITY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
 }
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
@@ -205,6 +254,35 @@ impl ServeArgs {
             self.reset_cooldown_secs >= 0,
             "the reset cooldown cannot be negative"
         );
+        anyhow::ensure!(
+            self.max_wrong_codes_per_account > 0,
+            "IDENTITY_MAX_WRONG_CODES_PER_ACCOUNT must be positive"
+        );
+        anyhow::ensure!(
+            self.janitor_interval_secs > 0,
+            "IDENTITY_JANITOR_INTERVAL_SECS must be positive"
+        );
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.janitor_batch_size),
+            "IDENTITY_JANITOR_BATCH_SIZE must be between 1 and 100000"
+        );
+        anyhow::ensure!(
+            self.unverified_account_ttl_secs >= self.verification_ttl_secs,
+            "IDENTITY_UNVERIFIED_ACCOUNT_TTL_SECS ({}) must be at least \
+             IDENTITY_VERIFICATION_TTL_SECS ({}): an account must outlive its first link",
+            self.unverified_account_ttl_secs,
+            self.verification_ttl_secs
+        );
+        anyhow::ensure!(
+            self.spent_secret_retention_secs >= 0
+                && self.login_throttle_retention_secs >= 0
+                && self.dead_letter_retention_secs >= 0,
+            "retention periods cannot be negative"
+        );
+        anyhow::ensure!(
+            self.readiness_interval_ms > 0,
+            "IDENTITY_READINESS_INTERVAL_MS must be positive"
+        );
         let keys = KeyRing::load(&self.keys_dir)?;
         Ok(Settings {
             grpc_addr: self.grpc_addr,
@@ -222,6 +300,7 @@ impl ServeArgs {
             registration: registration::Settings {
                 verification_ttl: time::Duration::seconds(self.verification_ttl_secs),
                 resend_cooldown: time::Duration::seconds(self.resend_cooldown_secs),
+                max_wrong_codes_per_account: self.max_wrong_codes_per_account,
                 ..registration::Settings::default()
             },
             keys: Arc::new(keys),
@@ -239,6 +318,21 @@ impl ServeArgs {
                 cooldown: time::Duration::seconds(self.reset_cooldown_secs),
             },
             cors_allowed_origins: self.cors_allowed_origins,
+            janitor: janitor::Settings {
+                interval: Duration::from_secs(self.janitor_interval_secs),
+                batch_size: self.janitor_batch_size,
+                spent_secret_retention: time::Duration::seconds(self.spent_secret_retention_secs),
+                login_throttle_retention: time::Duration::seconds(
+                    self.login_throttle_retention_secs,
+                ),
+                dead_letter_retention: time::Duration::seconds(self.dead_letter_retention_secs),
+                unverified_account_ttl: time::Duration::seconds(self.unverified_account_ttl_secs),
+            },
+            readiness_interval: Duration::from_millis(self.readiness_interval_ms),
+            shutdown: startup::Shutdown {
+                drain_delay: Duration::from_secs(self.shutdown_drain_delay_secs),
+                grace: Duration::from_secs(self.shutdown_grace_secs),
+            },
         })
     }
 }

@@ -5,11 +5,12 @@
 //! - [`sessions`]: login, refresh and revoke.
 //! - [`password_reset`]: reset links and setting a new password.
 //! - [`hashing`]: Argon2id on a bounded pool of worker threads.
-//! - [`db`]: the connection pool, migrations and queries.
+//! - [`janitor`]: deletes expired rows and never-verified accounts on an interval.
+//! - [`db`]: the connection pool, migrations, queries and retried transactions.
 //! - [`tokens`]: the PASETO signing keys and access tokens.
 //! - [`grpc`]: tonic services and the one error-to-status mapping.
-//! - [`startup`]: builds and runs the server; [`cli`] reads the command line; [`telemetry`]
-//!   sets up logging; [`clock`] makes time a parameter.
+//! - [`startup`]: builds and runs the server; [`health`]: liveness and readiness; [`cli`] reads
+//!   the command line; [`telemetry`] sets up logging; [`clock`] makes time a parameter.
 
 pub mod cli;
 pub mod clock;
@@ -17,6 +18,8 @@ pub mod db;
 pub mod domain;
 pub mod grpc;
 pub mod hashing;
+pub mod health;
+pub mod janitor;
 pub mod password_reset;
 pub mod registration;
 pub mod sessions;

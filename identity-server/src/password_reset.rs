@@ -4,15 +4,16 @@
 
 use std::{sync::Arc, time::Duration as StdDuration};
 
-use diesel_async::AsyncConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1};
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 use tracing::field;
+use uuid::Uuid;
 
 use crate::{
     clock::Clock,
-    db::{self, StoreError},
-    domain::{EmailAddress, Invalid, Password, UserStatus, VerificationToken},
+    db::{self, StoreError, retry::MaybeStoreError},
+    domain::{EmailAddress, Invalid, Password, TokenHash, UserStatus, VerificationToken},
     hashing::{HashError, PasswordHasher},
 };
 
@@ -57,6 +58,15 @@ pub enum ResetError {
 impl From<diesel::result::Error> for ResetError {
     fn from(error: diesel::result::Error) -> Self {
         Self::Store(error.into())
+    }
+}
+
+impl MaybeStoreError for ResetError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(e) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -107,36 +117,50 @@ impl PasswordReset {
     pub async fn request(&self, email: EmailAddress) -> Result<bool, ResetError> {
         let now = self.clock.now();
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-        let queued = conn
-            .transaction(async |conn| {
-                let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
-                    return Ok::<_, ResetError>(false);
-                };
-                tracing::Span::current().record("user_id", field::display(user.id));
-                if UserStatus::from_db(&user.status) != Some(UserStatus::Active) {
-                    return Ok(false);
-                }
-                let last = db::password_reset::latest_issued_at(conn, user.id).await?;
-                if last.is_some_and(|last| now - last < self.settings.cooldown) {
-                    return Ok(false);
-                }
-                let token = VerificationToken::generate();
-                let expires_at = now + self.settings.token_ttl;
-                db::password_reset::insert(conn, user.id, &token.hash(), now, expires_at).await?;
-                let payload = EmailPasswordResetV1 {
-                    recipient: user.email.clone(),
-                    display_name: user.display_name.clone(),
-                    locale: user.locale.clone(),
-                    token: token.expose().to_owned(),
-                    expires_at,
-                };
-                db::outbox::enqueue_for_user(conn, user.id, EmailPasswordResetV1::KIND, &payload)
-                    .await?;
-                Ok(true)
-            })
-            .await?;
+        let mut retry = db::retry::Retry::default();
+        let queued = loop {
+            let attempt = conn
+                .transaction(async |conn| self.queue_reset_email(conn, &email, now).await)
+                .await;
+            if let Some(done) = retry.settle(attempt).await {
+                break done;
+            }
+        }?;
         tracing::info!(queued, "password reset requested");
         Ok(queued)
+    }
+
+    /// The request's transaction: under the user row's lock, so that the cooldown check and
+    /// the insert cannot interleave with another request.
+    async fn queue_reset_email(
+        &self,
+        conn: &mut AsyncPgConnection,
+        email: &EmailAddress,
+        now: OffsetDateTime,
+    ) -> Result<bool, ResetError> {
+        let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
+            return Ok(false);
+        };
+        tracing::Span::current().record("user_id", field::display(user.id));
+        if UserStatus::from_db(&user.status) != Some(UserStatus::Active) {
+            return Ok(false);
+        }
+        let last = db::password_reset::latest_issued_at(conn, user.id).await?;
+        if last.is_some_and(|last| now - last < self.settings.cooldown) {
+            return Ok(false);
+        }
+        let token = VerificationToken::generate();
+        let expires_at = now + self.settings.token_ttl;
+        db::password_reset::insert(conn, user.id, &token.hash(), now, expires_at).await?;
+        let payload = EmailPasswordResetV1 {
+            recipient: user.email.clone(),
+            display_name: user.display_name.clone(),
+            locale: user.locale.clone(),
+            token: token.expose().to_owned(),
+            expires_at,
+        };
+        db::outbox::enqueue_for_user(conn, user.id, EmailPasswordResetV1::KIND, &payload).await?;
+        Ok(true)
     }
 
     /// Sets a new password with a reset token; the token and any other outstanding one are
@@ -148,9 +172,14 @@ impl PasswordReset {
         new_password: &str,
     ) -> Result<(), ResetError> {
         let hash = token.hash();
-        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-        // Read first, to hold the policy against the user's own address and name.
-        let Some(found) = db::password_reset::find(&mut conn, &hash, false).await? else {
+        // Read first, to hold the policy against the user's own address and name. The
+        // connection goes back to the pool before Argon2 runs, so a burst of resets cannot
+        // hold every connection while hashing.
+        let found = {
+            let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+            db::password_reset::find(&mut conn, &hash).await?
+        };
+        let Some(found) = found else {
             return Err(ResetError::TokenInvalid);
         };
         tracing::Span::current().record("user_id", field::display(found.user_id));
@@ -165,35 +194,55 @@ impl PasswordReset {
         let password_hash = self.hasher.hash(password).await?;
 
         let now = self.clock.now();
-        conn.transaction(async |conn| {
-            let found = db::password_reset::find(conn, &hash, true)
-                .await?
-                .ok_or(ResetError::TokenInvalid)?;
-            if found.consumed_at.is_some() {
-                return Err(ResetError::TokenUsed);
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        let mut retry = db::retry::Retry::default();
+        loop {
+            let attempt = conn
+                .transaction(async |conn| {
+                    self.apply_reset(conn, &hash, found.user_id, &password_hash, now)
+                        .await
+                })
+                .await;
+            if let Some(done) = retry.settle(attempt).await {
+                break done;
             }
-            if found.expires_at <= now {
-                return Err(ResetError::TokenExpired);
-            }
-            db::password_reset::set_password(conn, found.user_id, &password_hash, now).await?;
-            let revoked = db::password_reset::revoke_sessions(conn, found.user_id, now).await?;
-            db::sessions::clear_failures(conn, &found.email.to_lowercase()).await?;
-            let notice = EmailPasswordChangedV1 {
-                recipient: found.email.clone(),
-                display_name: found.display_name.clone(),
-                locale: found.locale.clone(),
-                changed_at: now,
-            };
-            db::outbox::enqueue_for_user(
-                conn,
-                found.user_id,
-                EmailPasswordChangedV1::KIND,
-                &notice,
-            )
-            .await?;
-            tracing::info!(revoked_sessions = revoked, "password reset");
-            Ok(())
-        })
-        .await
+        }
+    }
+
+    /// The reset's transaction. It locks the user row before touching any token, the order
+    /// every use case follows, so concurrent resets of one user take turns instead of
+    /// deadlocking; reading the token after the lock sees what the previous turn did to it.
+    async fn apply_reset(
+        &self,
+        conn: &mut AsyncPgConnection,
+        hash: &TokenHash,
+        user_id: Uuid,
+        password_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), ResetError> {
+        if db::users::lock_by_id(conn, user_id).await?.is_none() {
+            return Err(ResetError::TokenInvalid);
+        }
+        let found = db::password_reset::find(conn, hash)
+            .await?
+            .ok_or(ResetError::TokenInvalid)?;
+        if found.consumed_at.is_some() {
+            return Err(ResetError::TokenUsed);
+        }
+        if found.expires_at <= now {
+            return Err(ResetError::TokenExpired);
+        }
+        db::password_reset::set_password(conn, user_id, password_hash, now).await?;
+        let revoked = db::password_reset::revoke_sessions(conn, user_id, now).await?;
+        db::sessions::clear_failures(conn, &found.email.to_lowercase()).await?;
+        let notice = EmailPasswordChangedV1 {
+            recipient: found.email.clone(),
+            display_name: found.display_name.clone(),
+            locale: found.locale.clone(),
+            changed_at: now,
+        };
+        db::outbox::enqueue_for_user(conn, user_id, EmailPasswordChangedV1::KIND, &notice).await?;
+        tracing::info!(revoked_sessions = revoked, "password reset");
+        Ok(())
     }
 }

@@ -1,5 +1,10 @@
 //! Builds the whole server from [`Settings`] and runs it until a shutdown signal: the listener,
-//! the pool, the hashing workers, and the tonic router with health, reflection and gRPC-Web.
+//! the pool, the hashing workers, the background tasks (janitor, readiness checks) and the
+//! tonic router with health, reflection and gRPC-Web.
+//!
+//! Shutdown (SIGTERM or Ctrl-C): readiness turns NOT_SERVING at once while the server keeps
+//! serving for the drain delay, so load balancers stop routing to it; then it stops accepting
+//! connections and lets in-flight calls finish within the grace period.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,7 +17,6 @@ use identity_proto::identity::v1::{
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer},
@@ -25,15 +29,33 @@ use crate::{
     domain::CodeKey,
     grpc::{BearerAuth, KeyApi, PasswordResetApi, RegistrationApi, SessionApi, UserApi},
     hashing::{HashingConfig, PasswordHasher},
+    health::Health,
+    janitor::{self, Janitor},
     password_reset::{self, PasswordReset},
     registration::{self, Registration},
     sessions::{self, Sessions},
     tokens::KeyRing,
 };
 
-/// How long in-flight calls may take to finish once shutdown starts (Kubernetes gives a pod
-/// 30 s between SIGTERM and SIGKILL by default).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The shutdown sequence's two delays. Kubernetes gives a pod 30 s between SIGTERM and SIGKILL
+/// by default: keep their sum below the pod's termination grace period.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// How long the server keeps serving, while reporting NOT_SERVING, before it stops
+    /// accepting connections.
+    pub drain_delay: Duration,
+    /// How long in-flight calls then have to finish.
+    pub grace: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::from_secs(5),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Everything the server needs to start.
 #[derive(Debug)]
@@ -50,6 +72,10 @@ pub struct Settings {
     pub password_reset: password_reset::Settings,
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
     pub cors_allowed_origins: Vec<HeaderValue>,
+    pub janitor: janitor::Settings,
+    /// How often readiness checks the database.
+    pub readiness_interval: Duration,
+    pub shutdown: Shutdown,
 }
 
 /// A server bound to its port, ready to run.
@@ -63,6 +89,11 @@ pub struct Application {
     pool: db::Pool,
     clock: Arc<dyn Clock>,
     cors_allowed_origins: Vec<HeaderValue>,
+    janitor: Janitor,
+    /// Limit of one readiness check.
+    database_timeout: Duration,
+    readiness_interval: Duration,
+    shutdown: Shutdown,
 }
 
 impl std::fmt::Debug for Application {
@@ -102,6 +133,7 @@ impl Application {
             )
             .await?,
         );
+        let janitor = Janitor::new(pool.clone(), Arc::clone(&clock), settings.janitor);
         let listener = TcpListener::bind(settings.grpc_addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -114,6 +146,10 @@ impl Application {
             pool,
             clock,
             cors_allowed_origins: settings.cors_allowed_origins,
+            janitor,
+            database_timeout: settings.database.timeout,
+            readiness_interval: settings.readiness_interval,
+            shutdown: settings.shutdown,
         })
     }
 
@@ -122,13 +158,24 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves until `shutdown` completes, then reports NOT_SERVING and drains in-flight calls.
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, keeps serving for the
+    /// drain delay, and drains in-flight calls within the grace period.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::Serving).await;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health::new(reporter, &readiness_followers()).await;
+        // Readiness is known before the server says it listens.
+        health
+            .check_database(&self.pool, self.database_timeout)
+            .await;
+        let readiness_checks = tokio::spawn(health.clone().watch_database(
+            self.pool.clone(),
+            self.readiness_interval,
+            self.database_timeout,
+        ));
+        let janitor = tokio::spawn(self.janitor.run());
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(identity_proto::FILE_DESCRIPTOR_SET)
@@ -161,6 +208,7 @@ impl Application {
         tracing::info!(grpc.addr = %self.local_addr, "identity-server listening");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let stopping = Arc::new(tokio::sync::Notify::new());
+        let Shutdown { drain_delay, grace } = self.shutdown;
         let serve = Server::builder()
             // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
             .accept_http1(true)
@@ -186,8 +234,16 @@ impl Application {
                 let stopping = Arc::clone(&stopping);
                 async move {
                     shutdown.await;
-                    tracing::info!("shutting down: draining in-flight calls");
-                    set_health(&health, ServingStatus::NotServing).await;
+                    tracing::info!(
+                        ?drain_delay,
+                        "shutting down: reporting NOT_SERVING, still serving during the drain delay"
+                    );
+                    health.shutting_down().await;
+                    tokio::time::sleep(drain_delay).await;
+                    tracing::info!(
+                        ?grace,
+                        "drain delay over: no longer accepting connections, draining in-flight calls"
+                    );
                     stopping.notify_one();
                 }
             });
@@ -195,33 +251,36 @@ impl Application {
         // must not keep the process alive past the grace period.
         let grace_elapsed = async {
             stopping.notified().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tokio::time::sleep(grace).await;
         };
-        tokio::select! {
-            served = serve => served?,
-            () = grace_elapsed => tracing::warn!(
-                grace = ?SHUTDOWN_GRACE,
-                "connections still open after the grace period; closing them"
-            ),
-        }
+        let served = tokio::select! {
+            served = serve => served,
+            () = grace_elapsed => {
+                tracing::warn!(?grace, "connections still open after the grace period; closing them");
+                Ok(())
+            }
+        };
+        // Stopping them mid-way is safe: a readiness check only reads, and each janitor batch
+        // is one statement that commits or rolls back.
+        readiness_checks.abort();
+        janitor.abort();
+        served?;
         tracing::info!("identity-server stopped");
         Ok(())
     }
 }
 
-/// Health of the whole server ("") and of each service, per the gRPC health protocol.
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
+/// The whole server ("") and each API service: they report what readiness reports.
+fn readiness_followers() -> [&'static str; 6] {
     use tonic::server::NamedService;
-    for service in [
+    [
         "",
         <RegistrationServiceServer<RegistrationApi> as NamedService>::NAME,
         <SessionServiceServer<SessionApi> as NamedService>::NAME,
         <KeyServiceServer<KeyApi> as NamedService>::NAME,
         <UserServiceServer<UserApi> as NamedService>::NAME,
         <PasswordResetServiceServer<PasswordResetApi> as NamedService>::NAME,
-    ] {
-        health.set_service_status(service, status).await;
-    }
+    ]
 }
 
 /// CORS for gRPC-Web callers in browsers; tonic-web does not answer preflight requests itself.

@@ -195,3 +195,133 @@ async fn unknown_tokens_and_weak_new_passwords_are_refused() {
         .await
         .expect("the link still works after refusals");
 }
+
+/// Active accounts `reset0@example.com`, `reset1@…`, each with one reset email queued; returns
+/// their reset tokens in that order.
+async fn accounts_with_reset_links(app: &TestApp, count: usize) -> Vec<String> {
+    for i in 0..count {
+        let email = format!("reset{i}@example.com");
+        active_user(app, &email).await;
+        request_reset(app, &email).await;
+    }
+    let emails: Vec<EmailPasswordResetV1> = queued(app, EmailPasswordResetV1::KIND).await;
+    (0..count)
+        .map(|i| {
+            let recipient = format!("reset{i}@example.com");
+            emails
+                .iter()
+                .find(|e| e.recipient == recipient)
+                .map(|e| e.token.clone())
+                .unwrap_or_else(|| panic!("no reset email to {recipient}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_of_resets_with_slow_hashing_does_not_exhaust_a_small_pool() {
+    // Two connections, a one-second wait for one, and hashes of a few hundred milliseconds
+    // computed one at a time: a reset that held its connection while hashing would keep the
+    // others waiting for longer than the pool lets them.
+    let app = TestApp::spawn_with(|settings| {
+        settings.database.max_size = 2;
+        settings.database.timeout = std::time::Duration::from_secs(1);
+        settings.hashing = identity_server::hashing::HashingConfig {
+            params: argon2::Params::new(19_456, 20, 1, None).expect("valid params"),
+            workers: 1,
+            queue: 64,
+        };
+    })
+    .await;
+    let tokens = accounts_with_reset_links(&app, 8).await;
+
+    let resets: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let client = PasswordResetServiceClient::new(app.channel.clone());
+            tokio::spawn(async move {
+                client
+                    .clone()
+                    .reset_password(pb::ResetPasswordRequest {
+                        token,
+                        new_password: NEW_PASSWORD.into(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+
+    let mut failures = Vec::new();
+    for reset in resets {
+        if let Err(status) = reset.await.expect("task completes") {
+            failures.push(format!("{:?}: {}", status.code(), status.message()));
+        }
+    }
+    assert!(failures.is_empty(), "failed resets: {failures:?}");
+}
+
+#[tokio::test]
+async fn concurrent_resets_of_one_user_with_distinct_tokens_succeed_once_and_never_fail_internally()
+{
+    // Cheap hashes on as many workers as calls, so the resets reach the database together.
+    let app = TestApp::spawn_with(|settings| {
+        settings.hashing = identity_server::hashing::HashingConfig {
+            params: argon2::Params::new(1024, 1, 1, None).expect("valid params"),
+            workers: 16,
+            queue: 64,
+        };
+        settings.database.max_size = 16;
+    })
+    .await;
+    active_user(&app, "ada@example.com").await;
+    for _ in 0..16 {
+        request_reset(&app, "ada@example.com").await;
+        app.clock.advance(Duration::seconds(60));
+    }
+    let emails: Vec<EmailPasswordResetV1> = queued(&app, EmailPasswordResetV1::KIND).await;
+    assert_eq!(emails.len(), 16, "sixteen distinct reset links");
+    // A slow update of the user row holds the first reset inside its transaction long enough
+    // for all the others to arrive while it is there.
+    let mut conn = app.conn().await;
+    diesel::sql_query(
+        "CREATE FUNCTION test_slow_update() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("the trigger function is created");
+    diesel::sql_query(
+        "CREATE TRIGGER test_slow_update BEFORE UPDATE ON users
+         FOR EACH ROW EXECUTE FUNCTION test_slow_update()",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("the trigger is created");
+
+    let resets: Vec<_> = emails
+        .into_iter()
+        .map(|email| {
+            let client = PasswordResetServiceClient::new(app.channel.clone());
+            tokio::spawn(async move {
+                client
+                    .clone()
+                    .reset_password(pb::ResetPasswordRequest {
+                        token: email.token,
+                        new_password: NEW_PASSWORD.into(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+
+    let mut succeeded = 0;
+    for reset in resets {
+        match reset.await.expect("task completes") {
+            Ok(_) => succeeded += 1,
+            Err(status) => assert_error(&status, Code::FailedPrecondition, "RESET_TOKEN_USED"),
+        }
+    }
+    assert_eq!(succeeded, 1);
+    login(&app, NEW_PASSWORD)
+        .await
+        .expect("the new password works");
+}

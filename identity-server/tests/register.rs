@@ -270,3 +270,90 @@ async fn a_registration_notifies_the_relay_channel_on_commit_and_a_rejected_one_
         "the rejected registration sent nothing"
     );
 }
+
+/// When a test-only trigger on `outbox` raises: as each row is inserted, or at commit.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    OnInsert,
+    AtCommit,
+}
+
+/// Makes every insert into `outbox` fail, the way `refusal` says.
+async fn refuse_outbox_inserts(app: &TestApp, refusal: Refusal) {
+    let mut conn = app.conn().await;
+    diesel::sql_query(
+        "CREATE FUNCTION test_refuse_outbox_insert() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'outbox insert refused by a test trigger'; END $$",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("the trigger function is created");
+    let trigger = match refusal {
+        Refusal::OnInsert => "CREATE TRIGGER test_refuse_outbox_insert AFTER INSERT ON outbox",
+        // A deferred constraint trigger raises at COMMIT, after the NOTIFY has been issued.
+        Refusal::AtCommit => {
+            "CREATE CONSTRAINT TRIGGER test_refuse_outbox_insert AFTER INSERT ON outbox \
+             DEFERRABLE INITIALLY DEFERRED"
+        }
+    };
+    diesel::sql_query(format!(
+        "{trigger} FOR EACH ROW EXECUTE FUNCTION test_refuse_outbox_insert()"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("the trigger is created");
+}
+
+/// Registers while outbox inserts fail, and asserts that the registration left nothing behind:
+/// no user, no verification secret, no outbox row, and no notification to the relay.
+async fn assert_a_failed_outbox_insert_leaves_nothing(refusal: Refusal) {
+    use futures_util::StreamExt;
+
+    let app = TestApp::spawn().await;
+    refuse_outbox_inserts(&app, refusal).await;
+    let mut listener = app.conn().await;
+    diesel::sql_query(format!("LISTEN {}", identity_proto::outbox::NOTIFY_CHANNEL))
+        .execute(&mut listener)
+        .await
+        .expect("listens");
+
+    let status = app
+        .register("ada@example.com")
+        .await
+        .expect_err("the outbox insert fails");
+
+    assert_eq!(status.code(), Code::Internal, "{refusal:?}: {status:?}");
+    assert_eq!(app.count_users().await, 0, "{refusal:?}: no user");
+    let secrets: i64 = schema::verification_secrets::table
+        .count()
+        .get_result(&mut app.conn().await)
+        .await
+        .expect("readable");
+    assert_eq!(secrets, 0, "{refusal:?}: no verification secret");
+    assert_eq!(app.count_outbox().await, 0, "{refusal:?}: no outbox row");
+    // Notifications arrive in commit order: had the failed registration notified, its
+    // notification would arrive before this marker.
+    diesel::sql_query("SELECT pg_notify($1, 'marker')")
+        .bind::<diesel::sql_types::Text, _>(identity_proto::outbox::NOTIFY_CHANNEL)
+        .execute(&mut app.conn().await)
+        .await
+        .expect("notifies");
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), notifications.next())
+        .await
+        .expect("a notification arrives")
+        .expect("the stream is open")
+        .expect("a valid notification");
+    assert_eq!(first.payload, "marker", "{refusal:?}: no NOTIFY");
+}
+
+#[tokio::test]
+async fn a_registration_whose_outbox_insert_fails_leaves_no_user_secret_message_or_notify() {
+    assert_a_failed_outbox_insert_leaves_nothing(Refusal::OnInsert).await;
+}
+
+#[tokio::test]
+async fn a_registration_whose_commit_fails_after_the_notify_leaves_no_user_secret_message_or_notify()
+ {
+    assert_a_failed_outbox_insert_leaves_nothing(Refusal::AtCommit).await;
+}

@@ -16,6 +16,14 @@ fn other_code(code: &str) -> String {
     format!("{:06}", (n + 1) % 1_000_000)
 }
 
+/// A six-digit code that none of `emails` carries.
+fn code_of_none(emails: &[identity_proto::outbox::EmailVerificationV1]) -> String {
+    (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|candidate| emails.iter().all(|e| &e.code != candidate))
+        .expect("six emails cannot use every code")
+}
+
 #[tokio::test]
 async fn verifying_with_the_link_token_activates_the_user() {
     let app = TestApp::spawn().await;
@@ -249,4 +257,51 @@ async fn concurrent_verifications_activate_the_user_exactly_once() {
         .await
         .expect("readable");
     assert_eq!(unconsumed, 0);
+}
+
+#[tokio::test]
+async fn wrong_codes_across_resends_hit_the_account_cap_after_which_only_the_link_verifies() {
+    // The default cap is 15 wrong codes per account. Three wrong codes per email never lock a
+    // fresh email's own code (5 per email), so only the account-wide count can stop them.
+    let app = TestApp::spawn().await;
+    app.register("ada@example.com").await.expect("registers");
+    for email_number in 1..=5 {
+        if email_number > 1 {
+            app.clock.advance(Duration::seconds(61));
+            app.resend("ada@example.com").await.expect("resends");
+        }
+        let emails = app.emails_to("ada@example.com").await;
+        assert_eq!(emails.len(), email_number);
+        let wrong = code_of_none(&emails);
+        for _ in 0..3 {
+            let status = app
+                .verify_code("ada@example.com", &wrong)
+                .await
+                .expect_err("wrong code");
+            assert_error(&status, Code::InvalidArgument, "VERIFICATION_CODE_INVALID");
+        }
+    }
+
+    app.clock.advance(Duration::seconds(61));
+    app.resend("ada@example.com").await.expect("resends");
+    let emails = app.emails_to("ada@example.com").await;
+    let fresh = emails.last().expect("a sixth email");
+    let right = app
+        .verify_code("ada@example.com", &fresh.code)
+        .await
+        .expect_err("the account is past its cap");
+    assert_error(&right, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    let wrong = app
+        .verify_code("ada@example.com", &code_of_none(&emails))
+        .await
+        .expect_err("the account is past its cap");
+    assert_error(&wrong, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    assert_eq!(
+        app.status_of("ada@example.com").await,
+        "pending_verification"
+    );
+
+    app.verify_token(&fresh.token)
+        .await
+        .expect("the link still verifies");
 }

@@ -108,15 +108,24 @@ impl Process {
     /// Sends SIGTERM and waits (without blocking the runtime) up to `timeout` for the exit;
     /// returns whether the process exited successfully.
     pub async fn terminate(&mut self, timeout: Duration) -> bool {
+        self.send_sigterm();
+        self.wait_for_exit(timeout).await.success()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "cannot signal {pid}");
+    }
+
+    /// Waits (without blocking the runtime) up to `timeout` for the process to exit.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = &mut self.child;
-        let status = crate::wait::until("the process to exit", timeout, || {
+        crate::wait::until("the process to exit", timeout, || {
             std::future::ready(child.try_wait().ok().flatten())
         })
-        .await;
-        status.success()
+        .await
     }
 }
 

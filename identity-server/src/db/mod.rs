@@ -4,6 +4,8 @@
 
 pub mod outbox;
 pub mod password_reset;
+pub mod retention;
+pub mod retry;
 pub mod schema;
 pub mod sessions;
 pub mod users;

@@ -55,14 +55,13 @@ pub struct Presented {
     pub locale: String,
 }
 
-/// The reset token with this hash and its user; with `lock`, the token row is locked until
-/// the transaction ends, so that a token is used once however many resets race.
+/// The reset token with this hash and its user. Locks nothing: a reset locks the user row
+/// first and reads the token again under that lock (see `PasswordReset::reset`).
 pub async fn find(
     conn: &mut AsyncPgConnection,
     hash: &TokenHash,
-    lock: bool,
 ) -> Result<Option<Presented>, StoreError> {
-    let query = tokens::table
+    Ok(tokens::table
         .inner_join(users::table)
         .filter(tokens::token_hash.eq(&hash.0[..]))
         .select((
@@ -72,13 +71,10 @@ pub async fn find(
             users::email,
             users::display_name,
             users::locale,
-        ));
-    let found = if lock {
-        query.for_update().first(conn).await
-    } else {
-        query.first(conn).await
-    };
-    Ok(found.optional()?)
+        ))
+        .first(conn)
+        .await
+        .optional()?)
 }
 
 /// Sets the new password hash and consumes every outstanding reset token of the user.

@@ -68,6 +68,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         verified_at -> Nullable<Timestamptz>,
+        failed_code_attempts -> Int4,
     }
 }
 

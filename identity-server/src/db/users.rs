@@ -34,6 +34,8 @@ pub struct User {
     pub status: String,
     pub display_name: String,
     pub locale: String,
+    /// Wrong verification codes entered for this account, across all its emails.
+    pub failed_code_attempts: i32,
 }
 
 impl User {
@@ -84,14 +86,28 @@ pub async fn lock_by_email(
         .optional()?)
 }
 
-/// The user with this id, locked until the transaction ends.
-pub async fn lock_by_id(conn: &mut AsyncPgConnection, id: Uuid) -> Result<User, StoreError> {
+/// The user with this id, locked until the transaction ends; `None` once the account is gone
+/// (the janitor deletes accounts never verified).
+pub async fn lock_by_id(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<User>, StoreError> {
     Ok(users::table
         .find(id)
         .select(User::as_select())
         .for_update()
         .first(conn)
-        .await?)
+        .await
+        .optional()?)
+}
+
+/// Counts one wrong verification code against the account.
+pub async fn count_wrong_code(conn: &mut AsyncPgConnection, id: Uuid) -> Result<(), StoreError> {
+    diesel::update(users::table.find(id))
+        .set(users::failed_code_attempts.eq(users::failed_code_attempts + 1))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Marks a pending user active; returns whether it was pending.

@@ -33,6 +33,9 @@ pub struct Settings {
     pub resend_cooldown: Duration,
     /// Wrong codes tolerated per verification email.
     pub max_wrong_codes: i32,
+    /// Wrong codes tolerated per account, across all its verification emails; past it only
+    /// the link verifies.
+    pub max_wrong_codes_per_account: i32,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             verification_ttl: Duration::hours(24),
             resend_cooldown: Duration::seconds(60),
             max_wrong_codes: 5,
+            max_wrong_codes_per_account: 15,
         }
     }
 }

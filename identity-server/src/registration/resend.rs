@@ -3,7 +3,7 @@ use tracing::field;
 
 use super::{Recipient, Registration};
 use crate::{
-    db::{self, StoreError},
+    db::{self, StoreError, retry::MaybeStoreError},
     domain::EmailAddress,
 };
 
@@ -34,6 +34,15 @@ impl From<diesel::result::Error> for ResendError {
     }
 }
 
+impl MaybeStoreError for ResendError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(e) => Some(e),
+            Self::Unexpected(_) => None,
+        }
+    }
+}
+
 impl Registration {
     /// Queues a fresh verification email for a pending account, at most once per cooldown.
     /// Earlier tokens and codes stay valid until one of them is used.
@@ -45,31 +54,37 @@ impl Registration {
         let now = self.clock.now();
         let cooldown = self.settings.resend_cooldown;
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-        let outcome = conn
-            .transaction(async |conn| {
-                // The row lock makes concurrent resends of one account take turns, so the
-                // cooldown check and the insert cannot interleave.
-                let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
-                    return Ok::<_, ResendError>(ResendOutcome::NoPendingAccount);
-                };
-                tracing::Span::current().record("user_id", field::display(user.id));
-                if !user.is_pending() {
-                    return Ok(ResendOutcome::NoPendingAccount);
-                }
-                let last = db::verification::latest_issued_at(conn, user.id).await?;
-                if last.is_some_and(|last| now - last < cooldown) {
-                    return Ok(ResendOutcome::CoolingDown);
-                }
-                let to = Recipient {
-                    user_id: user.id,
-                    email: &user.email,
-                    display_name: &user.display_name,
-                    locale: &user.locale,
-                };
-                self.issue_verification(conn, &to, now).await?;
-                Ok(ResendOutcome::Queued)
-            })
-            .await?;
+        let mut retry = db::retry::Retry::default();
+        let outcome = loop {
+            let attempt = conn
+                .transaction(async |conn| {
+                    // The row lock makes concurrent resends of one account take turns, so the
+                    // cooldown check and the insert cannot interleave.
+                    let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
+                        return Ok::<_, ResendError>(ResendOutcome::NoPendingAccount);
+                    };
+                    tracing::Span::current().record("user_id", field::display(user.id));
+                    if !user.is_pending() {
+                        return Ok(ResendOutcome::NoPendingAccount);
+                    }
+                    let last = db::verification::latest_issued_at(conn, user.id).await?;
+                    if last.is_some_and(|last| now - last < cooldown) {
+                        return Ok(ResendOutcome::CoolingDown);
+                    }
+                    let to = Recipient {
+                        user_id: user.id,
+                        email: &user.email,
+                        display_name: &user.display_name,
+                        locale: &user.locale,
+                    };
+                    self.issue_verification(conn, &to, now).await?;
+                    Ok(ResendOutcome::Queued)
+                })
+                .await;
+            if let Some(done) = retry.settle(attempt).await {
+                break done;
+            }
+        }?;
         tracing::info!(?outcome, "verification email resend handled");
         Ok(outcome)
     }

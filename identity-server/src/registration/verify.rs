@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::Registration;
 use crate::{
-    db::{self, StoreError},
+    db::{self, StoreError, retry::MaybeStoreError},
     domain::{EmailAddress, VerificationCode, VerificationToken},
 };
 
@@ -46,6 +46,15 @@ impl From<diesel::result::Error> for VerifyEmailError {
     }
 }
 
+impl MaybeStoreError for VerifyEmailError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A verification's verdict. It is committed whatever it says, since a wrong code must be
 /// counted; the transaction rolls back only on a database failure.
 type Verdict = Result<Uuid, VerifyEmailError>;
@@ -58,12 +67,20 @@ impl Registration {
     pub async fn verify_email(&self, proof: Proof) -> Result<Uuid, VerifyEmailError> {
         let now = self.clock.now();
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-        let verdict = conn
-            .transaction(async |conn| match &proof {
-                Proof::Token(token) => self.verify_token(conn, token, now).await,
-                Proof::EmailCode { email, code } => self.verify_code(conn, email, code, now).await,
-            })
-            .await?;
+        let mut retry = db::retry::Retry::default();
+        let verdict = loop {
+            let attempt = conn
+                .transaction(async |conn| match &proof {
+                    Proof::Token(token) => self.verify_token(conn, token, now).await,
+                    Proof::EmailCode { email, code } => {
+                        self.verify_code(conn, email, code, now).await
+                    }
+                })
+                .await;
+            if let Some(done) = retry.settle(attempt).await {
+                break done;
+            }
+        }?;
         match &verdict {
             Ok(user_id) => {
                 tracing::Span::current().record("user_id", field::display(user_id));
@@ -85,11 +102,13 @@ impl Registration {
             return Ok(Err(VerifyEmailError::TokenInvalid));
         };
         // Lock the account, then read the secret again: a concurrent verification may have
-        // consumed it while we waited.
-        let user = db::users::lock_by_id(conn, found.user_id).await?;
-        let secret = db::verification::find_by_token(conn, &hash)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("a verification secret vanished under a lock"))?;
+        // consumed it while we waited, or the janitor deleted a never-verified account.
+        let Some(user) = db::users::lock_by_id(conn, found.user_id).await? else {
+            return Ok(Err(VerifyEmailError::TokenInvalid));
+        };
+        let Some(secret) = db::verification::find_by_token(conn, &hash).await? else {
+            return Ok(Err(VerifyEmailError::TokenInvalid));
+        };
         if secret.consumed_at.is_some() || !user.is_pending() {
             return Ok(Err(VerifyEmailError::AlreadyVerified));
         }
@@ -110,6 +129,11 @@ impl Registration {
         let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
             return Ok(Err(VerifyEmailError::CodeInvalid));
         };
+        // Past the account's cap no code is even compared, so guessing ends for good however
+        // many emails are asked for; the unguessable link still works.
+        if user.failed_code_attempts >= self.settings.max_wrong_codes_per_account {
+            return Ok(Err(VerifyEmailError::TooManyAttempts));
+        }
         let max = self.settings.max_wrong_codes;
         let secrets = db::verification::of_user(conn, user.id).await?;
         let matching = secrets
@@ -150,6 +174,7 @@ impl Registration {
             return Ok(Err(verdict));
         }
         db::verification::record_wrong_code(conn, &open).await?;
+        db::users::count_wrong_code(conn, user.id).await?;
         Ok(Err(VerifyEmailError::CodeInvalid))
     }
 

@@ -78,6 +78,12 @@ impl TestApp {
             sessions: sessions::Settings::default(),
             password_reset: identity_server::password_reset::Settings::default(),
             cors_allowed_origins: Vec::new(),
+            janitor: identity_server::janitor::Settings::default(),
+            readiness_interval: Duration::from_secs(5),
+            shutdown: identity_server::startup::Shutdown {
+                drain_delay: Duration::ZERO,
+                grace: Duration::from_secs(10),
+            },
         };
         customize(&mut settings);
         let app = Application::build(settings, Arc::new(clock.clone()))

@@ -1,0 +1,114 @@
+//! The janitor's deletes: one batch of rows that are due, per kind.
+//!
+//! Each batch is one statement: it picks at most `limit` due rows with `FOR UPDATE SKIP
+//! LOCKED` and deletes them, so any number of janitors (one per replica) run at once, each
+//! deleting rows no other holds, and none waits for a request that holds a row. Each `WHERE`
+//! clause has an index of its own (migrations `..._retention_and_code_cap`).
+
+use diesel::sql_types::{BigInt, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use time::OffsetDateTime;
+
+use super::StoreError;
+
+/// A kind of row the janitor deletes, and when one is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Pending accounts created before the cutoff, none of whose links still works at `now`;
+    /// their secrets go with them, and the address is free again.
+    UnverifiedAccounts {
+        created_before: OffsetDateTime,
+        now: OffsetDateTime,
+    },
+    /// Verification secrets that stopped working (consumed or expired) before the cutoff.
+    VerificationSecrets { spent_before: OffsetDateTime },
+    /// Reset tokens that stopped working (consumed or expired) before the cutoff.
+    ResetTokens { spent_before: OffsetDateTime },
+    /// Refresh tokens of sessions that ended before the cutoff.
+    RefreshTokensOfExpiredSessions { expired_before: OffsetDateTime },
+    /// Sessions that ended before the cutoff, once their refresh tokens are gone.
+    ExpiredSessions { expired_before: OffsetDateTime },
+    /// Login-throttle rows whose last failure and block both ended before the cutoff.
+    StaleLoginThrottles { stale_before: OffsetDateTime },
+    /// Dead letters older than the cutoff.
+    DeadLetters { dead_before: OffsetDateTime },
+}
+
+/// Deletes at most `limit` due rows of one kind; returns how many it deleted.
+pub async fn delete_batch(
+    conn: &mut AsyncPgConnection,
+    due: Due,
+    limit: i64,
+) -> Result<usize, StoreError> {
+    let (sql, cutoff) = match due {
+        // A pending account goes only once no link of its works, so nobody holds a live link
+        // to a deleted account. Verifications and resends lock the user row, so SKIP LOCKED
+        // leaves alone an account that is being verified right now.
+        Due::UnverifiedAccounts { created_before, .. } => (
+            "DELETE FROM users WHERE id IN (
+                SELECT u.id FROM users u
+                WHERE u.status = 'pending_verification' AND u.created_at <= $1
+                  AND NOT EXISTS (
+                      SELECT 1 FROM verification_secrets s
+                      WHERE s.user_id = u.id AND s.consumed_at IS NULL AND s.expires_at > $3)
+                LIMIT $2 FOR UPDATE OF u SKIP LOCKED)",
+            created_before,
+        ),
+        Due::VerificationSecrets { spent_before } => (
+            "DELETE FROM verification_secrets WHERE id IN (
+                SELECT id FROM verification_secrets
+                WHERE LEAST(expires_at, consumed_at) <= $1
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            spent_before,
+        ),
+        Due::ResetTokens { spent_before } => (
+            "DELETE FROM password_reset_tokens WHERE id IN (
+                SELECT id FROM password_reset_tokens
+                WHERE LEAST(expires_at, consumed_at) <= $1
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            spent_before,
+        ),
+        // Refresh tokens first, then their sessions: a refresh locks its token, then its
+        // session; deleting in the same order cannot deadlock with it.
+        Due::RefreshTokensOfExpiredSessions { expired_before } => (
+            "DELETE FROM refresh_tokens WHERE token_hash IN (
+                SELECT r.token_hash FROM refresh_tokens r
+                JOIN sessions s ON s.id = r.session_id
+                WHERE s.expires_at <= $1
+                LIMIT $2 FOR UPDATE OF r SKIP LOCKED)",
+            expired_before,
+        ),
+        Due::ExpiredSessions { expired_before } => (
+            "DELETE FROM sessions WHERE id IN (
+                SELECT s.id FROM sessions s
+                WHERE s.expires_at <= $1
+                  AND NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = s.id)
+                LIMIT $2 FOR UPDATE OF s SKIP LOCKED)",
+            expired_before,
+        ),
+        Due::StaleLoginThrottles { stale_before } => (
+            "DELETE FROM login_throttle WHERE email_key IN (
+                SELECT email_key FROM login_throttle
+                WHERE GREATEST(blocked_until, last_failed_at) <= $1
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            stale_before,
+        ),
+        Due::DeadLetters { dead_before } => (
+            "DELETE FROM outbox_dead WHERE id IN (
+                SELECT id FROM outbox_dead
+                WHERE dead_at <= $1
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            dead_before,
+        ),
+    };
+    let query = diesel::sql_query(sql)
+        .bind::<Timestamptz, _>(cutoff)
+        .bind::<BigInt, _>(limit);
+    let deleted = match due {
+        Due::UnverifiedAccounts { now, .. } => {
+            query.bind::<Timestamptz, _>(now).execute(conn).await?
+        }
+        _ => query.execute(conn).await?,
+    };
+    Ok(deleted)
+}
