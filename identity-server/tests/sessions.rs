@@ -5,119 +5,17 @@ mod support;
 
 use std::sync::Arc;
 
-use identity_proto::identity::v1::{
-    self as pb, key_service_client::KeyServiceClient, session_service_client::SessionServiceClient,
-    user_service_client::UserServiceClient,
-};
+use identity_proto::identity::v1::{self as pb, user_service_client::UserServiceClient};
 use identity_server::{db::schema, hashing::HashingConfig, tokens::KeyRing};
-use pasetors::{
-    Public, claims::ClaimsValidationRules, footer::Footer, keys::AsymmetricPublicKey, public,
-    token::UntrustedToken, version4::V4,
+use support::{
+    PASSWORD, TestApp, assert_error,
+    calls::{
+        active_user, current_user, kid_of, login, published_keys, refresh, sessions, verify_offline,
+    },
 };
-use support::{PASSWORD, TestApp, assert_error};
 use time::Duration;
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_types::StatusExt;
-
-/// Registers and verifies `email`, as a user would.
-async fn active_user(app: &TestApp, email: &str) {
-    app.register(email).await.expect("registers");
-    let email_message = app.email_to(email).await;
-    app.verify_token(&email_message.token)
-        .await
-        .expect("verifies");
-}
-
-fn sessions(app: &TestApp) -> SessionServiceClient<tonic::transport::Channel> {
-    SessionServiceClient::new(app.channel.clone())
-}
-
-async fn login(
-    app: &TestApp,
-    email: &str,
-    password: &str,
-) -> Result<pb::LoginResponse, tonic::Status> {
-    sessions(app)
-        .login(pb::LoginRequest {
-            email: email.into(),
-            password: password.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::RefreshSessionResponse, tonic::Status> {
-    sessions(app)
-        .refresh_session(pb::RefreshSessionRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn current_user(app: &TestApp, access_token: &str) -> Result<pb::User, tonic::Status> {
-    let mut request = Request::new(pb::GetCurrentUserRequest {});
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {access_token}").parse().expect("ASCII"),
-    );
-    UserServiceClient::new(app.channel.clone())
-        .get_current_user(request)
-        .await
-        .map(|r| r.into_inner().user.expect("a user"))
-}
-
-async fn published_keys(app: &TestApp) -> Vec<pb::PublicKey> {
-    KeyServiceClient::new(app.channel.clone())
-        .list_public_keys(pb::ListPublicKeysRequest {})
-        .await
-        .expect("keys are listed")
-        .into_inner()
-        .keys
-}
-
-/// Verifies `token` as another service would: nothing but pasetors and the published keys.
-fn verify_offline(
-    keys: &[pb::PublicKey],
-    token: &str,
-    audience: &str,
-) -> Result<serde_json::Value, String> {
-    let untrusted =
-        UntrustedToken::<Public, V4>::try_from(token).map_err(|e| format!("parse: {e:?}"))?;
-    let mut footer = Footer::new();
-    footer
-        .parse_bytes(untrusted.untrusted_footer())
-        .map_err(|e| format!("footer: {e:?}"))?;
-    let kid = footer
-        .get_claim("kid")
-        .and_then(|v| v.as_str())
-        .ok_or("no kid")?
-        .to_owned();
-    let published = keys.iter().find(|k| k.key_id == kid).ok_or("unknown key")?;
-    let key = AsymmetricPublicKey::<V4>::try_from(published.public_key.as_str())
-        .map_err(|e| format!("key: {e:?}"))?;
-    let mut rules = ClaimsValidationRules::new();
-    rules.validate_issuer_with("identity");
-    rules.validate_audience_with(audience);
-    let trusted = public::verify(&key, &untrusted, &rules, None, None)
-        .map_err(|e| format!("verify: {e:?}"))?;
-    let claims = trusted.payload_claims().ok_or("no claims")?;
-    serde_json::from_str(&claims.to_string().map_err(|e| format!("{e:?}"))?)
-        .map_err(|e| e.to_string())
-}
-
-fn kid_of(token: &str) -> String {
-    let untrusted = UntrustedToken::<Public, V4>::try_from(token).expect("a token");
-    let mut footer = Footer::new();
-    footer
-        .parse_bytes(untrusted.untrusted_footer())
-        .expect("a footer");
-    footer
-        .get_claim("kid")
-        .and_then(|v| v.as_str())
-        .expect("a kid")
-        .to_owned()
-}
 
 #[tokio::test]
 async fn an_active_user_logs_in_and_the_access_token_names_them_and_their_session() {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod calls;
+
 use std::{sync::Arc, time::Duration};
 
 use diesel::prelude::*;
