@@ -28,7 +28,7 @@ use crate::{
     password_reset::{self, PasswordReset},
     registration::{self, Registration},
     sessions::{self, Sessions},
-    tokens::KeyRing,
+    tokens::{KeyDirectory, directory},
 };
 
 /// How long in-flight calls may take to finish once shutdown starts (Kubernetes gives a pod
@@ -44,8 +44,8 @@ pub struct Settings {
     pub hashing: HashingConfig,
     pub code_key: CodeKey,
     pub registration: registration::Settings,
-    /// The keys that sign access tokens.
-    pub keys: Arc<KeyRing>,
+    /// The keys that sign access tokens, reloaded while the server runs.
+    pub keys: Arc<KeyDirectory>,
     pub sessions: sessions::Settings,
     pub password_reset: password_reset::Settings,
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
@@ -59,7 +59,7 @@ pub struct Application {
     registration: Arc<Registration>,
     sessions: Arc<Sessions>,
     password_reset: Arc<PasswordReset>,
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyDirectory>,
     pool: db::Pool,
     clock: Arc<dyn Clock>,
     cors_allowed_origins: Vec<HeaderValue>,
@@ -146,8 +146,14 @@ impl Application {
             PasswordResetServiceServer::new(PasswordResetApi::new(self.password_reset));
         let key_service = KeyServiceServer::new(KeyApi::new(
             Arc::clone(&self.keys),
+            Arc::clone(&self.clock),
             token_settings.access_ttl,
         ));
+        // Listening for SIGHUP before the server says it listens, so a signal sent from then on
+        // reloads the keys instead of ending the process.
+        let key_reloads = tokio::spawn(
+            Arc::clone(&self.keys).watch(Arc::clone(&self.clock), directory::hangups()),
+        );
         let user_service = UserServiceServer::with_interceptor(
             UserApi::new(self.pool),
             BearerAuth::new(
@@ -204,6 +210,7 @@ impl Application {
                 "connections still open after the grace period; closing them"
             ),
         }
+        key_reloads.abort();
         tracing::info!("identity-server stopped");
         Ok(())
     }

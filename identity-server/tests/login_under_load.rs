@@ -188,13 +188,11 @@ async fn upgrading_an_outdated_hash_at_login_holds_no_database_connection_while_
     let probing = async {
         let mut served = 0;
         while !login_done.load(Ordering::SeqCst) {
-            if let Err(status) = probe().await {
-                return Err(status);
-            }
+            probe().await?;
             served += 1;
             tokio::task::yield_now().await;
         }
-        Ok(served)
+        Ok::<_, tonic::Status>(served)
     };
     let (logged_in, probes) = tokio::join!(logging_in, probing);
 

@@ -1,5 +1,5 @@
 //! Sessions: Login starts one, RefreshSession rotates its refresh token, RevokeSession ends it.
-//! Access tokens are PASETO v4.public, signed by [`crate::tokens::KeyRing`]; refresh tokens are
+//! Access tokens are PASETO v4.public, signed by the [`KeyDirectory`]'s ring; refresh tokens are
 //! opaque and stored only as SHA-256.
 
 mod login;
@@ -19,7 +19,7 @@ use crate::{
     db::{self, StoreError},
     domain::RefreshToken,
     hashing::PasswordHasher,
-    tokens::{KeyRing, TokenSettings},
+    tokens::{KeyDirectory, TokenSettings},
 };
 
 /// The most consecutive failures [`Settings::free_failures`] may allow.
@@ -114,7 +114,7 @@ impl std::fmt::Debug for Issued {
 pub struct Sessions {
     pool: db::Pool,
     hasher: PasswordHasher,
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyDirectory>,
     clock: Arc<dyn Clock>,
     settings: Settings,
     /// [`Settings::delay_schedule`], for the login throttle.
@@ -136,7 +136,7 @@ impl Sessions {
     pub async fn new(
         pool: db::Pool,
         hasher: PasswordHasher,
-        keys: Arc<KeyRing>,
+        keys: Arc<KeyDirectory>,
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> anyhow::Result<Self> {
@@ -192,6 +192,7 @@ impl Sessions {
         let claims = tokens.claims(user_id, session_id, vec!["user".into()]);
         let issued = self
             .keys
+            .ring()
             .issue(&claims, now, tokens.access_ttl)
             .map_err(|e| anyhow::anyhow!("signing an access token: {e}"))?;
         Ok((issued.token, issued.expires_at))
