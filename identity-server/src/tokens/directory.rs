@@ -111,7 +111,12 @@ impl KeyDirectory {
 
     /// Reloads on every `hangups` signal and every reload interval, forever; errors are logged.
     pub async fn watch(self: Arc<Self>, clock: Arc<dyn Clock>, mut hangups: Option<Hangups>) {
-        let mut ticks = tokio::time::interval(self.rotation.reload_interval);
+        // `interval` refuses a zero period; the command line refuses it with a clear message.
+        let period = self
+            .rotation
+            .reload_interval
+            .max(StdDuration::from_millis(1));
+        let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // The first tick is immediate; the keys were just loaded.
         loop {
