@@ -7,6 +7,7 @@ use argon2::Params;
 use clap::{Args, Parser, Subcommand};
 use http::HeaderValue;
 use secrecy::SecretString;
+use time::OffsetDateTime;
 
 use crate::{
     clock::SystemClock,
@@ -16,7 +17,7 @@ use crate::{
     janitor, password_reset, registration, sessions,
     startup::{self, Application, Settings},
     telemetry::{self, LogFormat},
-    tokens::{KeyRing, TokenSettings},
+    tokens::{KeyDirectory, KeyRing, Rotation, TokenSettings},
 };
 
 /// gRPC identity service: sign-up (Register, VerifyEmail, ResendVerificationEmail) on
@@ -49,9 +50,10 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Write a new Ed25519 signing key (PASERK k4.secret, mode 0600) into the keys directory.
     ///
-    /// The newest key signs new access tokens; older ones stay published (ListPublicKeys) so
-    /// tokens they signed keep verifying. Retire an old key by deleting its file once its
-    /// not_after has passed.
+    /// Running servers publish it (ListPublicKeys) at their next reload (SIGHUP, or within
+    /// IDENTITY_KEYS_RELOAD_SECS) and sign with it once IDENTITY_KEY_ACTIVATION_DELAY_SECS have
+    /// passed since it was made; older keys stay published so tokens they signed keep
+    /// verifying. Retire an old key by deleting its file once its not_after has passed.
     Keygen(KeygenArgs),
 }
 
@@ -145,6 +147,23 @@ struct ServeArgs {
     #[arg(long, env = "IDENTITY_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     access_token_ttl_secs: i64,
 
+    /// Seconds between checks of the keys directory for added or removed keys (SIGHUP checks at
+    /// once).
+    #[arg(long, env = "IDENTITY_KEYS_RELOAD_SECS", default_value_t = 60)]
+    keys_reload_secs: u64,
+
+    /// Seconds after a key was made (the time in its file name) before it signs; until then it
+    /// is only published, so every replica and every verifier knows it before meeting a token
+    /// it signed. At least IDENTITY_KEYS_RELOAD_SECS. A sole key signs at once.
+    #[arg(long, env = "IDENTITY_KEY_ACTIVATION_DELAY_SECS", default_value_t = 60 * 60)]
+    key_activation_delay_secs: u64,
+
+    /// Seconds after a refresh token was rotated during which presenting it again is taken for
+    /// a retry (a lost answer, two tabs) and gets a fresh pair for the same session, instead of
+    /// revoking the session as reuse. 0 turns this off; at most 300.
+    #[arg(long, env = "IDENTITY_REFRESH_REUSE_GRACE_SECS", default_value_t = 20)]
+    refresh_reuse_grace_secs: u64,
+
     /// Seconds a session (its refresh tokens) lives, however often it is refreshed.
     #[arg(long, env = "IDENTITY_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
     refresh_token_ttl_secs: i64,
@@ -211,6 +230,12 @@ struct ServeArgs {
     #[arg(long, env = "IDENTITY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
 }
+
+/// Longest key activation delay accepted (30 days); longer is almost certainly a mistake.
+const MAX_ACTIVATION_DELAY_SECS: u64 = 30 * 24 * 60 * 60;
+/// Longest refresh reuse grace window accepted: a longer one lets a replayed token go unnoticed
+/// for longer.
+const MAX_REFRESH_REUSE_GRACE_SECS: u64 = 300;
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.is_empty() {
@@ -283,7 +308,28 @@ impl ServeArgs {
             self.readiness_interval_ms > 0,
             "IDENTITY_READINESS_INTERVAL_MS must be positive"
         );
-        let keys = KeyRing::load(&self.keys_dir)?;
+        anyhow::ensure!(
+            self.keys_reload_secs > 0,
+            "the keys reload interval must be positive"
+        );
+        anyhow::ensure!(
+            (self.keys_reload_secs..=MAX_ACTIVATION_DELAY_SECS)
+                .contains(&self.key_activation_delay_secs),
+            "the key activation delay ({}s) must be at least the keys reload interval ({}s), so \
+             that every replica has loaded a key before any signs with it, and at most {}s",
+            self.key_activation_delay_secs,
+            self.keys_reload_secs,
+            MAX_ACTIVATION_DELAY_SECS
+        );
+        anyhow::ensure!(
+            self.refresh_reuse_grace_secs <= MAX_REFRESH_REUSE_GRACE_SECS,
+            "the refresh reuse grace window must be at most {MAX_REFRESH_REUSE_GRACE_SECS}s"
+        );
+        let rotation = Rotation {
+            activation_delay: time::Duration::seconds(self.key_activation_delay_secs.cast_signed()),
+            reload_interval: Duration::from_secs(self.keys_reload_secs),
+        };
+        let keys = KeyDirectory::open(&self.keys_dir, rotation, OffsetDateTime::now_utc())?;
         Ok(Settings {
             grpc_addr: self.grpc_addr,
             database: db::PoolConfig {
@@ -311,6 +357,9 @@ impl ServeArgs {
                     access_ttl: time::Duration::seconds(self.access_token_ttl_secs),
                 },
                 refresh_ttl: time::Duration::seconds(self.refresh_token_ttl_secs),
+                refresh_reuse_grace: time::Duration::seconds(
+                    self.refresh_reuse_grace_secs.cast_signed(),
+                ),
                 ..sessions::Settings::default()
             },
             password_reset: password_reset::Settings {
@@ -369,9 +418,15 @@ impl Cli {
 }
 
 fn keygen(keys_dir: &std::path::Path) -> anyhow::Result<()> {
-    let path = KeyRing::generate(keys_dir, time::OffsetDateTime::now_utc())?;
-    let ring = KeyRing::load(keys_dir)?;
-    tracing::info!(path = %path.display(), key_id = ring.active_key_id(), "signing key written; it signs new tokens from the next start");
+    let now = OffsetDateTime::now_utc();
+    let path = KeyRing::generate(keys_dir, now)?;
+    // Loaded with no delay, the newest key is the one just written.
+    let ring = KeyRing::load(keys_dir, time::Duration::ZERO, now)?;
+    tracing::info!(
+        path = %path.display(),
+        key_id = ring.signing_key_id(now),
+        "signing key written; running servers publish it at their next reload (SIGHUP, or within IDENTITY_KEYS_RELOAD_SECS) and sign with it once IDENTITY_KEY_ACTIVATION_DELAY_SECS have passed"
+    );
     Ok(())
 }
 

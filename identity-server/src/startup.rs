@@ -34,7 +34,7 @@ use crate::{
     password_reset::{self, PasswordReset},
     registration::{self, Registration},
     sessions::{self, Sessions},
-    tokens::KeyRing,
+    tokens::{KeyDirectory, directory},
 };
 
 /// The shutdown sequence's two delays. Kubernetes gives a pod 30 s between SIGTERM and SIGKILL
@@ -66,8 +66,8 @@ pub struct Settings {
     pub hashing: HashingConfig,
     pub code_key: CodeKey,
     pub registration: registration::Settings,
-    /// The keys that sign access tokens.
-    pub keys: Arc<KeyRing>,
+    /// The keys that sign access tokens, reloaded while the server runs.
+    pub keys: Arc<KeyDirectory>,
     pub sessions: sessions::Settings,
     pub password_reset: password_reset::Settings,
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
@@ -85,7 +85,7 @@ pub struct Application {
     registration: Arc<Registration>,
     sessions: Arc<Sessions>,
     password_reset: Arc<PasswordReset>,
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyDirectory>,
     pool: db::Pool,
     clock: Arc<dyn Clock>,
     cors_allowed_origins: Vec<HeaderValue>,
@@ -193,8 +193,14 @@ impl Application {
             PasswordResetServiceServer::new(PasswordResetApi::new(self.password_reset));
         let key_service = KeyServiceServer::new(KeyApi::new(
             Arc::clone(&self.keys),
+            Arc::clone(&self.clock),
             token_settings.access_ttl,
         ));
+        // Listening for SIGHUP before the server says it listens, so a signal sent from then on
+        // reloads the keys instead of ending the process.
+        let key_reloads = tokio::spawn(
+            Arc::clone(&self.keys).watch(Arc::clone(&self.clock), directory::hangups()),
+        );
         let user_service = UserServiceServer::with_interceptor(
             UserApi::new(self.pool),
             BearerAuth::new(
@@ -264,6 +270,7 @@ impl Application {
         // is one statement that commits or rolls back.
         readiness_checks.abort();
         janitor.abort();
+        key_reloads.abort();
         served?;
         tracing::info!("identity-server stopped");
         Ok(())

@@ -1,123 +1,25 @@
 //! Sessions on a real PostgreSQL: Login, throttling, rehashing, access tokens verified offline,
-//! key rotation, refresh rotation with reuse detection, revocation, GetCurrentUser.
+//! refresh rotation with reuse detection, revocation, GetCurrentUser. Key rotation is in
+//! key_rotation.rs; races (concurrent logins and refreshes) in login_under_load.rs and
+//! refresh_grace.rs.
 
 mod support;
 
 use std::sync::Arc;
 
-use identity_proto::identity::v1::{
-    self as pb, key_service_client::KeyServiceClient, session_service_client::SessionServiceClient,
-    user_service_client::UserServiceClient,
+use identity_proto::identity::v1::{self as pb, user_service_client::UserServiceClient};
+use identity_server::{
+    db::schema,
+    hashing::HashingConfig,
+    tokens::{KeyDirectory, KeyRing, Rotation},
 };
-use identity_server::{db::schema, hashing::HashingConfig, tokens::KeyRing};
-use pasetors::{
-    Public, claims::ClaimsValidationRules, footer::Footer, keys::AsymmetricPublicKey, public,
-    token::UntrustedToken, version4::V4,
+use support::{
+    PASSWORD, TestApp, assert_error,
+    calls::{active_user, current_user, login, published_keys, refresh, sessions, verify_offline},
 };
-use support::{PASSWORD, TestApp, assert_error};
 use time::Duration;
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_types::StatusExt;
-
-/// Registers and verifies `email`, as a user would.
-async fn active_user(app: &TestApp, email: &str) {
-    app.register(email).await.expect("registers");
-    let email_message = app.email_to(email).await;
-    app.verify_token(&email_message.token)
-        .await
-        .expect("verifies");
-}
-
-fn sessions(app: &TestApp) -> SessionServiceClient<tonic::transport::Channel> {
-    SessionServiceClient::new(app.channel.clone())
-}
-
-async fn login(
-    app: &TestApp,
-    email: &str,
-    password: &str,
-) -> Result<pb::LoginResponse, tonic::Status> {
-    sessions(app)
-        .login(pb::LoginRequest {
-            email: email.into(),
-            password: password.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::RefreshSessionResponse, tonic::Status> {
-    sessions(app)
-        .refresh_session(pb::RefreshSessionRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn current_user(app: &TestApp, access_token: &str) -> Result<pb::User, tonic::Status> {
-    let mut request = Request::new(pb::GetCurrentUserRequest {});
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {access_token}").parse().expect("ASCII"),
-    );
-    UserServiceClient::new(app.channel.clone())
-        .get_current_user(request)
-        .await
-        .map(|r| r.into_inner().user.expect("a user"))
-}
-
-async fn published_keys(app: &TestApp) -> Vec<pb::PublicKey> {
-    KeyServiceClient::new(app.channel.clone())
-        .list_public_keys(pb::ListPublicKeysRequest {})
-        .await
-        .expect("keys are listed")
-        .into_inner()
-        .keys
-}
-
-/// Verifies `token` as another service would: nothing but pasetors and the published keys.
-fn verify_offline(
-    keys: &[pb::PublicKey],
-    token: &str,
-    audience: &str,
-) -> Result<serde_json::Value, String> {
-    let untrusted =
-        UntrustedToken::<Public, V4>::try_from(token).map_err(|e| format!("parse: {e:?}"))?;
-    let mut footer = Footer::new();
-    footer
-        .parse_bytes(untrusted.untrusted_footer())
-        .map_err(|e| format!("footer: {e:?}"))?;
-    let kid = footer
-        .get_claim("kid")
-        .and_then(|v| v.as_str())
-        .ok_or("no kid")?
-        .to_owned();
-    let published = keys.iter().find(|k| k.key_id == kid).ok_or("unknown key")?;
-    let key = AsymmetricPublicKey::<V4>::try_from(published.public_key.as_str())
-        .map_err(|e| format!("key: {e:?}"))?;
-    let mut rules = ClaimsValidationRules::new();
-    rules.validate_issuer_with("identity");
-    rules.validate_audience_with(audience);
-    let trusted = public::verify(&key, &untrusted, &rules, None, None)
-        .map_err(|e| format!("verify: {e:?}"))?;
-    let claims = trusted.payload_claims().ok_or("no claims")?;
-    serde_json::from_str(&claims.to_string().map_err(|e| format!("{e:?}"))?)
-        .map_err(|e| e.to_string())
-}
-
-fn kid_of(token: &str) -> String {
-    let untrusted = UntrustedToken::<Public, V4>::try_from(token).expect("a token");
-    let mut footer = Footer::new();
-    footer
-        .parse_bytes(untrusted.untrusted_footer())
-        .expect("a footer");
-    footer
-        .get_claim("kid")
-        .and_then(|v| v.as_str())
-        .expect("a kid")
-        .to_owned()
-}
 
 #[tokio::test]
 async fn an_active_user_logs_in_and_the_access_token_names_them_and_their_session() {
@@ -316,7 +218,9 @@ async fn offline_verification_rejects_tampered_expired_misaddressed_and_foreign_
         std::env::temp_dir().join(format!("foreign-{}", uuid::Uuid::new_v4().simple()));
     KeyRing::generate(&foreign_dir, app.now()).expect("a key");
     let foreign = TestApp::spawn_on(app.db.clone(), |settings| {
-        settings.keys = Arc::new(KeyRing::load(&foreign_dir).expect("loads"));
+        settings.keys = Arc::new(
+            KeyDirectory::open(&foreign_dir, Rotation::default(), app.now()).expect("loads"),
+        );
     })
     .await;
     let foreign_token = login(&foreign, "ada@example.com", PASSWORD)
@@ -331,44 +235,6 @@ async fn offline_verification_rejects_tampered_expired_misaddressed_and_foreign_
         .await
         .expect_err("unknown key");
     assert_error(&status, Code::Unauthenticated, "ACCESS_TOKEN_INVALID");
-}
-
-#[tokio::test]
-async fn after_a_key_rotation_old_tokens_still_verify_and_new_ones_use_the_new_key() {
-    let first = TestApp::spawn().await;
-    active_user(&first, "ada@example.com").await;
-    let old_token = login(&first, "ada@example.com", PASSWORD)
-        .await
-        .expect("logs in")
-        .access_token;
-
-    // A new key is added to the same directory; the server restarts with both.
-    let later = first.now() + Duration::seconds(1);
-    KeyRing::generate(&first.keys_dir, later).expect("a second key");
-    let keys_dir = first.keys_dir.clone();
-    let rotated = TestApp::spawn_on(first.db.clone(), |settings| {
-        settings.keys = Arc::new(KeyRing::load(&keys_dir).expect("loads"));
-    })
-    .await;
-
-    let keys = published_keys(&rotated).await;
-    assert_eq!(keys.len(), 2);
-    assert!(
-        keys[0].active && !keys[1].active,
-        "newest first, the newest signs"
-    );
-    assert!(keys[1].not_after.is_some());
-    assert_eq!(kid_of(&old_token), keys[1].key_id);
-    verify_offline(&keys, &old_token, "identity-clients").expect("the old token still verifies");
-    current_user(&rotated, &old_token)
-        .await
-        .expect("and is still accepted");
-
-    let new_token = login(&rotated, "ada@example.com", PASSWORD)
-        .await
-        .expect("logs in")
-        .access_token;
-    assert_eq!(kid_of(&new_token), keys[0].key_id);
 }
 
 #[tokio::test]

@@ -130,6 +130,18 @@ impl Process {
 }
 
 impl Process {
+    /// Sends `signal` (a name `kill` knows, such as `HUP`) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}").as_str(), &pid])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "cannot send {signal} to {pid}"
+        );
+    }
+
     /// Kills the process with SIGKILL, as a crash would, and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

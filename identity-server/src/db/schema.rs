@@ -6,6 +6,7 @@ diesel::table! {
         failures -> Int4,
         last_failed_at -> Timestamptz,
         blocked_until -> Timestamptz,
+        refused_attempts -> Int4,
     }
 }
 
@@ -43,6 +44,7 @@ diesel::table! {
         session_id -> Uuid,
         created_at -> Timestamptz,
         retired_at -> Nullable<Timestamptz>,
+        generation -> Int8,
     }
 }
 
@@ -54,6 +56,7 @@ diesel::table! {
         expires_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
         revoked_reason -> Nullable<Text>,
+        generation -> Int8,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use diesel::{
     prelude::*,
-    sql_types::{Integer, Text, Timestamptz},
+    sql_types::{Array, Double, Integer, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
@@ -62,56 +62,76 @@ pub async fn upgrade_password_hash(
     Ok(())
 }
 
-/// Until when logins for this address are refused, if they are.
-pub async fn blocked_until(
-    conn: &mut AsyncPgConnection,
-    email_key: &str,
-) -> Result<Option<OffsetDateTime>, StoreError> {
-    Ok(login_throttle::table
-        .find(email_key)
-        .select(login_throttle::blocked_until)
-        .first(conn)
-        .await
-        .optional()?)
+/// What the login throttle decided about one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Go ahead: the attempt is counted as a failure until a success clears the count.
+    Allowed {
+        /// Consecutive failures of the address, this attempt included.
+        failures: i32,
+    },
+    /// Refused: an earlier attempt blocked the address until `until`.
+    Refused {
+        until: OffsetDateTime,
+        /// Attempts refused since the last one let through, this one included.
+        refused: i32,
+    },
 }
 
 #[derive(QueryableByName)]
-struct Failures {
+struct Decision {
     #[diesel(sql_type = Integer)]
     failures: i32,
+    #[diesel(sql_type = Timestamptz)]
+    blocked_until: OffsetDateTime,
+    #[diesel(sql_type = Integer)]
+    refused_attempts: i32,
 }
 
-/// Counts a failed login for this address and returns the consecutive failures so far.
-pub async fn record_failure(
+/// Reserves a login attempt for this address in one statement, so concurrent attempts (on any
+/// replica) queue on the row and each sees the decisions before it.
+///
+/// An attempt is let through when the address is not blocked at `now`; it is then counted as a
+/// failure up front and blocks the address for `delays[n - 1]` seconds, where `n` is the new
+/// count (the last delay repeats). A refused attempt changes nothing but the refusal count, so
+/// a block never lasts longer than the longest delay after the attempt that set it.
+pub async fn reserve_attempt(
     conn: &mut AsyncPgConnection,
     email_key: &str,
     now: OffsetDateTime,
-) -> Result<i32, StoreError> {
-    let row: Failures = diesel::sql_query(
-        "INSERT INTO login_throttle (email_key, failures, last_failed_at, blocked_until)
-         VALUES ($1, 1, $2, $2)
-         ON CONFLICT (email_key) DO UPDATE
-            SET failures = login_throttle.failures + 1, last_failed_at = $2
-         RETURNING failures",
+    delays: &[f64],
+) -> Result<Attempt, StoreError> {
+    let decision: Decision = diesel::sql_query(
+        "INSERT INTO login_throttle AS t
+                (email_key, failures, last_failed_at, blocked_until, refused_attempts)
+         VALUES ($1, 1, $2, $2 + make_interval(secs => $3[1]), 0)
+         ON CONFLICT (email_key) DO UPDATE SET
+            failures = CASE WHEN t.blocked_until <= $2
+                THEN LEAST(t.failures, 2147483646) + 1 ELSE t.failures END,
+            last_failed_at = CASE WHEN t.blocked_until <= $2
+                THEN $2 ELSE t.last_failed_at END,
+            refused_attempts = CASE WHEN t.blocked_until <= $2
+                THEN 0 ELSE LEAST(t.refused_attempts, 2147483646) + 1 END,
+            blocked_until = CASE WHEN t.blocked_until <= $2
+                THEN $2 + make_interval(secs => $3[LEAST(t.failures, cardinality($3) - 1) + 1])
+                ELSE t.blocked_until END
+         RETURNING failures, blocked_until, refused_attempts",
     )
     .bind::<Text, _>(email_key)
     .bind::<Timestamptz, _>(now)
+    .bind::<Array<Double>, _>(delays)
     .get_result(conn)
     .await?;
-    Ok(row.failures)
-}
-
-/// Refuses logins for this address until `until`.
-pub async fn block(
-    conn: &mut AsyncPgConnection,
-    email_key: &str,
-    until: OffsetDateTime,
-) -> Result<(), StoreError> {
-    diesel::update(login_throttle::table.find(email_key))
-        .set(login_throttle::blocked_until.eq(until))
-        .execute(conn)
-        .await?;
-    Ok(())
+    Ok(if decision.refused_attempts == 0 {
+        Attempt::Allowed {
+            failures: decision.failures,
+        }
+    } else {
+        Attempt::Refused {
+            until: decision.blocked_until,
+            refused: decision.refused_attempts,
+        }
+    })
 }
 
 /// Forgets the failures of this address (after a successful login).
@@ -147,17 +167,19 @@ pub async fn insert_session(
     Ok(())
 }
 
-/// Gives `session_id` a new current refresh token.
+/// Gives `session_id` a new current refresh token of `generation`.
 pub async fn insert_refresh_token(
     conn: &mut AsyncPgConnection,
     session_id: Uuid,
     hash: &TokenHash,
+    generation: i64,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     diesel::insert_into(refresh_tokens::table)
         .values((
             refresh_tokens::token_hash.eq(&hash.0[..]),
             refresh_tokens::session_id.eq(session_id),
+            refresh_tokens::generation.eq(generation),
             refresh_tokens::created_at.eq(now),
         ))
         .execute(conn)
@@ -165,49 +187,79 @@ pub async fn insert_refresh_token(
     Ok(())
 }
 
-/// A refresh token and the session it belongs to.
-#[derive(Debug, Queryable)]
-pub struct Presented {
-    pub retired_at: Option<OffsetDateTime>,
-    pub session_id: Uuid,
+/// A session, as a refresh sees it.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = sessions, check_for_backend(diesel::pg::Pg))]
+pub struct LockedSession {
+    pub id: Uuid,
     pub user_id: Uuid,
     pub expires_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// Rotations so far; the current refresh tokens carry this generation.
+    pub generation: i64,
 }
 
-/// The refresh token with this hash and its session, both rows locked until the transaction
-/// ends, so that concurrent refreshes of one token take turns.
-pub async fn lock_presented(
+/// The session the refresh token with this hash belongs to, locked until the transaction ends.
+///
+/// Every change to a session's refresh tokens happens under this lock, taken before any token
+/// row is touched, so concurrent refreshes of one session (of one token, or of two tokens of it)
+/// take turns and never lock in opposite orders.
+pub async fn lock_session_of(
     conn: &mut AsyncPgConnection,
     hash: &TokenHash,
-) -> Result<Option<Presented>, StoreError> {
-    Ok(refresh_tokens::table
-        .inner_join(sessions::table)
+) -> Result<Option<LockedSession>, StoreError> {
+    let session_of_token = refresh_tokens::table
         .filter(refresh_tokens::token_hash.eq(&hash.0[..]))
-        .select((
-            refresh_tokens::retired_at,
-            sessions::id,
-            sessions::user_id,
-            sessions::expires_at,
-            sessions::revoked_at,
-        ))
+        .select(refresh_tokens::session_id)
+        .single_value();
+    Ok(sessions::table
+        .filter(sessions::id.nullable().eq(session_of_token))
+        .select(LockedSession::as_select())
         .for_update()
         .first(conn)
         .await
         .optional()?)
 }
 
-/// Retires a refresh token (it was just exchanged).
-pub async fn retire_refresh_token(
+/// A refresh token's place in its session.
+#[derive(Debug, Clone, Copy, Queryable)]
+pub struct TokenState {
+    pub generation: i64,
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+/// The generation and retirement of the refresh token with this hash. Read after
+/// [`lock_session_of`], so it reflects every refresh that went before.
+pub async fn token_state(
     conn: &mut AsyncPgConnection,
     hash: &TokenHash,
+) -> Result<Option<TokenState>, StoreError> {
+    Ok(refresh_tokens::table
+        .find(&hash.0[..])
+        .select((refresh_tokens::generation, refresh_tokens::retired_at))
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Starts the session's next generation: retires every current refresh token of the session
+/// and returns the new generation, for the token that replaces them.
+pub async fn rotate(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
     now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    diesel::update(refresh_tokens::table.find(&hash.0[..]))
+) -> Result<i64, StoreError> {
+    diesel::update(refresh_tokens::table)
+        .filter(refresh_tokens::session_id.eq(session_id))
+        .filter(refresh_tokens::retired_at.is_null())
         .set(refresh_tokens::retired_at.eq(now))
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(diesel::update(sessions::table.find(session_id))
+        .set(sessions::generation.eq(sessions::generation + 1))
+        .returning(sessions::generation)
+        .get_result(conn)
+        .await?)
 }
 
 /// Ends a session; does nothing if it already ended.

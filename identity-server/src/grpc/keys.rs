@@ -4,19 +4,25 @@ use identity_proto::identity::v1::{self as pb, key_service_server::KeyService};
 use tonic::{Request, Response, Status};
 
 use super::sessions::timestamp;
-use crate::tokens::KeyRing;
+use crate::{clock::Clock, tokens::KeyDirectory};
 
 /// `identity.v1.KeyService`: the public keys that verify access tokens.
 #[derive(Debug, Clone)]
 pub struct KeyApi {
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyDirectory>,
+    clock: Arc<dyn Clock>,
     access_ttl: time::Duration,
 }
 
 impl KeyApi {
-    /// Publishes the keys of `keys`; `access_ttl` dates when retired keys stop mattering.
-    pub fn new(keys: Arc<KeyRing>, access_ttl: time::Duration) -> Self {
-        Self { keys, access_ttl }
+    /// Publishes the keys of the ring in use; `access_ttl` dates when replaced keys stop
+    /// mattering.
+    pub fn new(keys: Arc<KeyDirectory>, clock: Arc<dyn Clock>, access_ttl: time::Duration) -> Self {
+        Self {
+            keys,
+            clock,
+            access_ttl,
+        }
     }
 }
 
@@ -28,7 +34,8 @@ impl KeyService for KeyApi {
     ) -> Result<Response<pb::ListPublicKeysResponse>, Status> {
         let keys = self
             .keys
-            .public_keys(self.access_ttl)
+            .ring()
+            .public_keys(self.clock.now(), self.access_ttl)
             .into_iter()
             .map(|key| pb::PublicKey {
                 key_id: key.key_id,

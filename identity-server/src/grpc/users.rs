@@ -8,7 +8,7 @@ use crate::{
     clock::Clock,
     db::{self, StoreError},
     domain::UserStatus,
-    tokens::{KeyRing, VerifiedAccess},
+    tokens::{KeyDirectory, VerifiedAccess},
 };
 
 /// Checks `authorization: Bearer <access token>` (signature by a known key, expiry, issuer,
@@ -16,16 +16,16 @@ use crate::{
 /// Verification is offline: a revoked session's token stays valid until it expires.
 #[derive(Debug, Clone)]
 pub struct BearerAuth {
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyDirectory>,
     clock: Arc<dyn Clock>,
     issuer: String,
     audience: String,
 }
 
 impl BearerAuth {
-    /// Accepts tokens signed by `keys` for `issuer` and `audience`.
+    /// Accepts tokens signed by a key of the ring in use for `issuer` and `audience`.
     pub fn new(
-        keys: Arc<KeyRing>,
+        keys: Arc<KeyDirectory>,
         clock: Arc<dyn Clock>,
         issuer: String,
         audience: String,
@@ -54,6 +54,7 @@ impl Interceptor for BearerAuth {
             })?;
         let verified = self
             .keys
+            .ring()
             .verify(token.trim(), &self.issuer, &self.audience, self.clock.now())
             .map_err(|e| {
                 tracing::info!(reason = %e, "access token refused");

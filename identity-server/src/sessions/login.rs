@@ -1,3 +1,5 @@
+//! Login: checks a password, throttled per address, and starts a session.
+
 use std::time::Duration as StdDuration;
 
 use diesel_async::AsyncConnection;
@@ -7,7 +9,7 @@ use uuid::Uuid;
 
 use super::{Issued, Sessions};
 use crate::{
-    db::{self, StoreError},
+    db::{self, StoreError, sessions::Attempt},
     domain::{EmailAddress, UserStatus},
     hashing::HashError,
 };
@@ -47,8 +49,13 @@ impl From<HashError> for LoginError {
 
 impl Sessions {
     /// Checks the credentials and starts a session. An unknown address costs the same hash as
-    /// a known one; consecutive failures for an address (known or not) are delayed more and
-    /// more, in the database, so every replica agrees.
+    /// a known one.
+    ///
+    /// Throttling: before any hashing, one statement reserves the attempt for the address
+    /// (known or not) and counts it as a failure, so a burst of concurrent guesses on any number
+    /// of replicas is decided one by one: after a few failures the address is blocked for a
+    /// growing delay, capped, and a success clears the count. No connection is held while a
+    /// password is hashed.
     #[tracing::instrument(name = "login", skip_all, fields(user_id = field::Empty))]
     pub async fn login(
         &self,
@@ -57,40 +64,46 @@ impl Sessions {
     ) -> Result<Issued, LoginError> {
         let email_key = email.as_ref().to_lowercase();
         let now = self.clock.now();
-        // The connection is returned to the pool while the password is checked, so that
-        // hashing never holds connections other calls need.
-        let user = {
+        let (failures, user) = {
             let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-            if let Some(until) = db::sessions::blocked_until(&mut conn, &email_key).await?
-                && until > now
-            {
-                let retry_after = StdDuration::try_from(until - now).unwrap_or_default();
-                return Err(LoginError::Throttled { retry_after });
-            }
-            db::sessions::credentials(&mut conn, email.as_ref()).await?
+            let attempt =
+                db::sessions::reserve_attempt(&mut conn, &email_key, now, &self.login_delays)
+                    .await?;
+            let failures = match attempt {
+                Attempt::Allowed { failures } => failures,
+                Attempt::Refused { until, refused } => {
+                    tracing::debug!(refused, "login refused: throttled");
+                    let retry_after = StdDuration::try_from(until - now).unwrap_or_default();
+                    return Err(LoginError::Throttled { retry_after });
+                }
+            };
+            (
+                failures,
+                db::sessions::credentials(&mut conn, email.as_ref()).await?,
+            )
         };
         let stored = user
             .as_ref()
             .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let verification = self.hasher.verify(password.expose_secret(), stored).await?;
-
-        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let Some(user) = user.filter(|_| verification.matches) else {
-            let failures = db::sessions::record_failure(&mut conn, &email_key, now).await?;
-            let delay = self.settings.delay_after(failures);
-            if !delay.is_zero() {
-                db::sessions::block(&mut conn, &email_key, now + delay).await?;
-            }
             tracing::info!(failures, "login refused: invalid credentials");
             return Err(LoginError::InvalidCredentials);
         };
         tracing::Span::current().record("user_id", field::display(user.id));
+        let active = UserStatus::from_db(&user.status) == Some(UserStatus::Active);
+        let upgraded = if active && verification.outdated {
+            self.upgraded_hash(&password).await
+        } else {
+            None
+        };
+
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         db::sessions::clear_failures(&mut conn, &email_key).await?;
-        if UserStatus::from_db(&user.status) != Some(UserStatus::Active) {
+        if !active {
             return Err(LoginError::EmailNotVerified);
         }
-        if verification.outdated {
-            let upgraded = self.hasher.rehash(password.expose_secret()).await?;
+        if let Some(upgraded) = upgraded {
             db::sessions::upgrade_password_hash(
                 &mut conn,
                 user.id,
@@ -116,7 +129,7 @@ impl Sessions {
                     },
                 )
                 .await?;
-                Ok::<_, LoginError>(Self::new_refresh_token(conn, session_id, now).await?)
+                Ok::<_, LoginError>(Self::new_refresh_token(conn, session_id, 0, now).await?)
             })
             .await?;
         let (access_token, access_expires_at) = self.access_token(user.id, session_id, now)?;
@@ -128,5 +141,18 @@ impl Sessions {
             refresh_token,
             refresh_expires_at,
         })
+    }
+
+    /// The password hashed with the current parameters, computed while no connection is held.
+    /// Best effort: if hashing is saturated or fails, the login goes on with the old hash and a
+    /// later login upgrades it.
+    async fn upgraded_hash(&self, password: &SecretString) -> Option<String> {
+        match self.hasher.rehash(password.expose_secret()).await {
+            Ok(upgraded) => Some(upgraded),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "password hash not upgraded this time");
+                None
+            }
+        }
     }
 }

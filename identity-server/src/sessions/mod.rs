@@ -1,5 +1,5 @@
 //! Sessions: Login starts one, RefreshSession rotates its refresh token, RevokeSession ends it.
-//! Access tokens are PASETO v4.public, signed by [`crate::tokens::KeyRing`]; refresh tokens are
+//! Access tokens are PASETO v4.public, signed by the [`KeyDirectory`]'s ring; refresh tokens are
 //! opaque and stored only as SHA-256.
 
 mod login;
@@ -19,8 +19,11 @@ use crate::{
     db::{self, StoreError},
     domain::RefreshToken,
     hashing::PasswordHasher,
-    tokens::{KeyRing, TokenSettings},
+    tokens::{KeyDirectory, TokenSettings},
 };
+
+/// The most consecutive failures [`Settings::free_failures`] may allow.
+pub const MAX_FREE_FAILURES: i32 = 32;
 
 /// Access tokens, session lifetime, and the login throttle.
 #[derive(Debug, Clone)]
@@ -35,6 +38,9 @@ pub struct Settings {
     pub first_delay: StdDuration,
     /// The longest delay.
     pub max_delay: StdDuration,
+    /// How long after a refresh token was retired by a rotation presenting it again is taken
+    /// for a retry (a fresh pair) rather than reuse (revocation); see [`refresh`].
+    pub refresh_reuse_grace: Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +55,7 @@ impl Default for Settings {
             free_failures: 3,
             first_delay: StdDuration::from_secs(1),
             max_delay: StdDuration::from_secs(15 * 60),
+            refresh_reuse_grace: Duration::seconds(20),
         }
     }
 }
@@ -65,6 +72,22 @@ impl Settings {
                 .unwrap_or(u32::MAX),
         );
         doubled.min(self.max_delay)
+    }
+
+    /// [`Settings::delay_after`] 1, 2, 3… failures, in seconds, up to the first delay that
+    /// stays the same for every further failure (the login throttle repeats the last one).
+    pub fn delay_schedule(&self) -> Vec<f64> {
+        // Past `free_failures + 31` failures the doubling stops (see `delay_after`).
+        let last = self.free_failures.clamp(0, MAX_FREE_FAILURES) + 32;
+        let mut delays = Vec::new();
+        for failures in 1..=last {
+            let delay = self.delay_after(failures);
+            delays.push(delay.as_secs_f64());
+            if delay >= self.max_delay {
+                break;
+            }
+        }
+        delays
     }
 }
 
@@ -91,9 +114,11 @@ impl std::fmt::Debug for Issued {
 pub struct Sessions {
     pool: db::Pool,
     hasher: PasswordHasher,
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyDirectory>,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    /// [`Settings::delay_schedule`], for the login throttle.
+    login_delays: Vec<f64>,
     /// Checked against when the address is unknown, so that the answer takes as long.
     dummy_hash: String,
 }
@@ -111,10 +136,18 @@ impl Sessions {
     pub async fn new(
         pool: db::Pool,
         hasher: PasswordHasher,
-        keys: Arc<KeyRing>,
+        keys: Arc<KeyDirectory>,
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (0..=MAX_FREE_FAILURES).contains(&settings.free_failures),
+            "free login failures must be between 0 and {MAX_FREE_FAILURES}"
+        );
+        anyhow::ensure!(
+            !settings.refresh_reuse_grace.is_negative(),
+            "the refresh reuse grace window cannot be negative"
+        );
         let dummy_hash = hasher
             .dummy_hash()
             .await
@@ -124,6 +157,7 @@ impl Sessions {
             hasher,
             keys,
             clock,
+            login_delays: settings.delay_schedule(),
             settings,
             dummy_hash,
         })
@@ -134,14 +168,16 @@ impl Sessions {
         &self.settings.tokens
     }
 
-    /// Gives `session_id` a fresh refresh token inside the caller's transaction.
+    /// Gives `session_id` a fresh refresh token of `generation` inside the caller's transaction.
     async fn new_refresh_token(
         conn: &mut AsyncPgConnection,
         session_id: Uuid,
+        generation: i64,
         now: OffsetDateTime,
     ) -> Result<RefreshToken, StoreError> {
         let token = RefreshToken::generate();
-        db::sessions::insert_refresh_token(conn, session_id, &token.hash(), now).await?;
+        db::sessions::insert_refresh_token(conn, session_id, &token.hash(), generation, now)
+            .await?;
         Ok(token)
     }
 
@@ -156,6 +192,7 @@ impl Sessions {
         let claims = tokens.claims(user_id, session_id, vec!["user".into()]);
         let issued = self
             .keys
+            .ring()
             .issue(&claims, now, tokens.access_ttl)
             .map_err(|e| anyhow::anyhow!("signing an access token: {e}"))?;
         Ok((issued.token, issued.expires_at))
@@ -172,5 +209,33 @@ mod tests {
         let delays: Vec<u64> = (1..=8).map(|n| settings.delay_after(n).as_secs()).collect();
         assert_eq!(delays, [0, 0, 1, 2, 4, 8, 16, 32]);
         assert_eq!(settings.delay_after(100), StdDuration::from_secs(900));
+    }
+
+    #[test]
+    fn the_delay_schedule_ends_at_the_cap() {
+        let settings = Settings::default();
+        let schedule = settings.delay_schedule();
+        assert_eq!(
+            schedule,
+            [
+                0., 0., 1., 2., 4., 8., 16., 32., 64., 128., 256., 512., 900.
+            ]
+        );
+    }
+
+    #[test]
+    fn the_delay_schedule_is_never_empty_and_never_passes_the_cap() {
+        for (free_failures, first, max) in [(0, 0, 0), (3, 0, 60), (0, 1, 1), (32, 1, u64::MAX)] {
+            let settings = Settings {
+                free_failures,
+                first_delay: StdDuration::from_secs(first),
+                max_delay: StdDuration::from_secs(max),
+                ..Settings::default()
+            };
+            let schedule = settings.delay_schedule();
+            assert!(!schedule.is_empty());
+            assert!(schedule.len() <= 65, "{schedule:?}");
+            assert!(schedule.iter().all(|&d| d <= max as f64), "{schedule:?}");
+        }
     }
 }

@@ -1,9 +1,46 @@
+//! RefreshSession and RevokeSession: rotating a session's refresh token, with reuse detection
+//! and a grace window for retries.
+//!
+//! # Retries and reuse
+//!
+//! Every refresh retires the presented token and issues the next one. A retired token presented
+//! again usually means it leaked, and the whole session is revoked. But a client that lost the
+//! answer to RefreshSession retries with the token it still has, and two browser tabs sharing
+//! one token refresh at the same moment; both would lose the session. So, as Auth0, Okta and
+//! Supabase do, a token retired by the session's **latest** rotation, presented again less than
+//! the grace window (default 20 s) after it was retired, while the session is live, is a retry:
+//!
+//! - Only hashes are stored, so the answer cannot be the pair the first call returned; it is a
+//!   **fresh pair** for the same session (same session id, same end).
+//! - The token the first call returned (the successor) is **kept**: either answer may be the
+//!   one the client stored (the tab whose answer arrived last wins), so both must work. The two
+//!   are siblings, current together.
+//! - The next rotation, from either sibling, retires **all** current tokens of the session, so
+//!   a session never has more than one line of descent: the other sibling is then "just
+//!   retired" itself (a retry within the window, reuse after it).
+//! - Anything else is reuse and revokes the session: a retry after the window, a token retired
+//!   by an earlier rotation (an older token of the family), a token of a revoked session.
+//!
+//! So a thief replaying a just-used token within the window gets a pair, as the owner's retry
+//! would; the first rotation by either side then retires the other's token, and when that one
+//! is presented after the window the session is revoked for both. The window bounds what can
+//! go unnoticed to one refresh interval of one sibling.
+//!
+//! Rotations are numbered per session (the session's `generation`); each token records the
+//! generation it was issued in, so "retired by the latest rotation" does not depend on clocks.
+//! Every refresh of a session locks the session row first, so concurrent refreshes take turns:
+//! of two concurrent refreshes of one token, the first rotates and the second is a retry.
+
 use diesel_async::AsyncConnection;
+use time::{Duration, OffsetDateTime};
 use tracing::field;
 
 use super::{Issued, Sessions};
 use crate::{
-    db::{self, StoreError},
+    db::{
+        self, StoreError,
+        sessions::{LockedSession, TokenState},
+    },
     domain::RefreshToken,
 };
 
@@ -25,16 +62,44 @@ impl From<diesel::result::Error> for RefreshError {
     }
 }
 
+/// What a presented refresh token of a live session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presentation {
+    /// A current token: rotate.
+    Current,
+    /// Retired by the latest rotation, within the grace window: a retry.
+    Retry,
+    /// Anything else: it leaked.
+    Reuse,
+}
+
+fn presentation(
+    token: TokenState,
+    session_generation: i64,
+    now: OffsetDateTime,
+    grace: Duration,
+) -> Presentation {
+    match token.retired_at {
+        None => Presentation::Current,
+        Some(retired_at)
+            if token.generation == session_generation - 1 && now < retired_at + grace =>
+        {
+            Presentation::Retry
+        }
+        Some(_) => Presentation::Reuse,
+    }
+}
+
 /// What a refresh decided; committed whatever it says, since detecting reuse revokes the
 /// session.
 enum Verdict {
-    Rotated(Issued),
+    Issued(Issued),
     Refused,
 }
 
 impl Sessions {
-    /// Trades a refresh token for a new pair; the presented token is retired. Presenting a
-    /// retired token again means it leaked: the whole session is revoked.
+    /// Trades a refresh token for a new pair. See the module documentation for retries within
+    /// the grace window and for reuse, which revokes the whole session.
     #[tracing::instrument(name = "refresh_session", skip_all, fields(session_id = field::Empty))]
     pub async fn refresh(&self, presented: RefreshToken) -> Result<Issued, RefreshError> {
         let now = self.clock.now();
@@ -42,38 +107,60 @@ impl Sessions {
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let verdict = conn
             .transaction(async |conn| {
-                let Some(found) = db::sessions::lock_presented(conn, &hash).await? else {
+                let Some(session) = db::sessions::lock_session_of(conn, &hash).await? else {
                     return Ok::<_, RefreshError>(Verdict::Refused);
                 };
-                tracing::Span::current().record("session_id", field::display(found.session_id));
-                if found.revoked_at.is_some() || found.expires_at <= now {
+                tracing::Span::current().record("session_id", field::display(session.id));
+                if session.revoked_at.is_some() || session.expires_at <= now {
                     return Ok(Verdict::Refused);
                 }
-                if found.retired_at.is_some() {
-                    tracing::warn!(
-                        "a retired refresh token was presented again; revoking the session"
-                    );
-                    db::sessions::revoke(conn, found.session_id, "refresh_token_reuse", now)
-                        .await?;
+                let Some(token) = db::sessions::token_state(conn, &hash).await? else {
                     return Ok(Verdict::Refused);
-                }
-                db::sessions::retire_refresh_token(conn, &hash, now).await?;
-                let refresh_token = Self::new_refresh_token(conn, found.session_id, now).await?;
-                let (access_token, access_expires_at) =
-                    self.access_token(found.user_id, found.session_id, now)?;
-                Ok(Verdict::Rotated(Issued {
-                    user_id: found.user_id,
-                    access_token,
-                    access_expires_at,
-                    refresh_token,
-                    refresh_expires_at: found.expires_at,
-                }))
+                };
+                let grace = self.settings.refresh_reuse_grace;
+                let generation = match presentation(token, session.generation, now, grace) {
+                    Presentation::Current => db::sessions::rotate(conn, session.id, now).await?,
+                    Presentation::Retry => {
+                        tracing::info!(
+                            "the refresh token retired by the latest rotation was presented again within the grace window; issuing a fresh pair"
+                        );
+                        session.generation
+                    }
+                    Presentation::Reuse => {
+                        tracing::warn!(
+                            "a retired refresh token was presented again; revoking the session"
+                        );
+                        db::sessions::revoke(conn, session.id, "refresh_token_reuse", now).await?;
+                        return Ok(Verdict::Refused);
+                    }
+                };
+                Ok(Verdict::Issued(self.issue(conn, &session, generation, now).await?))
             })
             .await?;
         match verdict {
-            Verdict::Rotated(issued) => Ok(issued),
+            Verdict::Issued(issued) => Ok(issued),
             Verdict::Refused => Err(RefreshError::Invalid),
         }
+    }
+
+    /// A new refresh token of `generation` and a new access token for `session`.
+    async fn issue(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        session: &LockedSession,
+        generation: i64,
+        now: OffsetDateTime,
+    ) -> Result<Issued, RefreshError> {
+        let refresh_token = Self::new_refresh_token(conn, session.id, generation, now).await?;
+        let (access_token, access_expires_at) =
+            self.access_token(session.user_id, session.id, now)?;
+        Ok(Issued {
+            user_id: session.user_id,
+            access_token,
+            access_expires_at,
+            refresh_token,
+            refresh_expires_at: session.expires_at,
+        })
     }
 
     /// Ends the session `presented` belongs to. Idempotent: an unknown or already revoked token
@@ -83,12 +170,67 @@ impl Sessions {
         let now = self.clock.now();
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         conn.transaction(async |conn| {
-            if let Some(found) = db::sessions::lock_presented(conn, &presented.hash()).await? {
-                db::sessions::revoke(conn, found.session_id, "logout", now).await?;
-                tracing::info!(session_id = %found.session_id, "session revoked");
+            if let Some(session) = db::sessions::lock_session_of(conn, &presented.hash()).await? {
+                db::sessions::revoke(conn, session.id, "logout", now).await?;
+                tracing::info!(session_id = %session.id, "session revoked");
             }
             Ok::<_, RefreshError>(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-30 12:00 UTC);
+    const GRACE: Duration = Duration::seconds(20);
+
+    fn token(generation: i64, retired_ago: Option<Duration>) -> TokenState {
+        TokenState {
+            generation,
+            retired_at: retired_ago.map(|ago| NOW - ago),
+        }
+    }
+
+    #[test]
+    fn a_token_not_retired_is_current() {
+        assert_eq!(
+            presentation(token(4, None), 4, NOW, GRACE),
+            Presentation::Current
+        );
+    }
+
+    #[test]
+    fn a_token_retired_by_the_latest_rotation_is_a_retry_only_within_the_window() {
+        let just = Some(GRACE - Duration::seconds(1));
+        assert_eq!(
+            presentation(token(3, just), 4, NOW, GRACE),
+            Presentation::Retry
+        );
+        assert_eq!(
+            presentation(token(3, Some(GRACE)), 4, NOW, GRACE),
+            Presentation::Reuse
+        );
+    }
+
+    #[test]
+    fn a_token_retired_by_an_earlier_rotation_is_reuse_even_within_the_window() {
+        let just = Some(Duration::seconds(1));
+        assert_eq!(
+            presentation(token(2, just), 4, NOW, GRACE),
+            Presentation::Reuse
+        );
+    }
+
+    #[test]
+    fn with_no_window_every_retired_token_is_reuse() {
+        assert_eq!(
+            presentation(token(3, Some(Duration::ZERO)), 4, NOW, Duration::ZERO),
+            Presentation::Reuse
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Access tokens: PASETO v4.public, signed by the [`KeyRing`]'s newest key.
+//! Access tokens: PASETO v4.public, signed by the [`KeyRing`]'s signing key of the moment.
 //!
 //! Payload: `iss`, `aud`, `sub` (user id), `sid` (session id), `jti` (random UUID), `iat`,
 //! `nbf` (= `iat`), `exp` (times in RFC 3339, UTC, whole seconds) and `roles` (strings).
@@ -105,7 +105,7 @@ pub enum TokenError {
 
 impl KeyRing {
     /// Signs an access token valid from `issued_at` (truncated to the second) for `ttl`, with the
-    /// newest key.
+    /// key that signs at `issued_at`.
     pub fn issue(
         &self,
         claims: &AccessClaims,
@@ -132,7 +132,9 @@ impl KeyRing {
             "exp": rfc3339(exp)?,
             "roles": claims.roles,
         });
-        let (secret, kid) = self.signer();
+        let (secret, kid) = self
+            .signer(issued_at)
+            .ok_or_else(|| anyhow::anyhow!("no secret half for the signing key"))?;
         let footer = json!({ "kid": kid });
         let token = PublicToken::sign(
             secret,
@@ -356,14 +358,15 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_key_signs_and_names_itself_in_the_footer() {
-        let ring = ring_made_at(&[T0, T0 + Duration::days(30)]);
+    fn the_signing_key_names_itself_in_the_footer() {
+        let made = T0 + Duration::days(30);
+        let ring = ring_made_at(&[T0, made]);
 
-        let issued = ring.issue(&claims(), T0, TTL).expect("signed");
+        let issued = ring.issue(&claims(), made, TTL).expect("signed");
 
-        let newest = &ring.public_keys(TTL)[0];
+        let newest = &ring.public_keys(made, TTL)[0];
         assert!(newest.active);
-        assert_eq!(ring.active_key_id(), newest.key_id);
+        assert_eq!(ring.signing_key_id(made), newest.key_id);
         assert_eq!(
             decoded_footer(&issued.token),
             json!({ "kid": newest.key_id })
@@ -374,14 +377,17 @@ mod tests {
     fn tokens_signed_by_the_previous_key_verify_after_rotation() {
         let dir = TempDir::new();
         KeyRing::generate(dir.path(), T0).expect("generated");
-        let before = KeyRing::load(dir.path()).expect("loads");
+        let before = KeyRing::load(dir.path(), Duration::ZERO, T0).expect("loads");
         let old_token = before.issue(&claims(), T0, TTL).expect("signed");
         let rotated_at = T0 + Duration::minutes(5);
         KeyRing::generate(dir.path(), rotated_at).expect("generated");
 
-        let after = KeyRing::load(dir.path()).expect("loads");
+        let after = KeyRing::load(dir.path(), Duration::ZERO, rotated_at).expect("loads");
 
-        assert_ne!(after.active_key_id(), before.active_key_id());
+        assert_ne!(
+            after.signing_key_id(rotated_at),
+            before.signing_key_id(rotated_at)
+        );
         assert!(
             after
                 .verify(&old_token.token, ISSUER, AUDIENCE, rotated_at)
@@ -425,7 +431,7 @@ mod tests {
     fn a_footer_naming_another_key_in_the_ring_does_not_verify() {
         let ring = ring_made_at(&[T0, T0 + Duration::days(1)]);
         let issued = ring.issue(&claims(), T0, TTL).expect("signed");
-        let older = &ring.public_keys(TTL)[1].key_id;
+        let older = &ring.public_keys(T0, TTL)[1].key_id;
         let footer = URL_SAFE_NO_PAD.encode(json!({ "kid": older }).to_string());
         let mut parts = parts(&issued.token);
         parts[3] = &footer;
@@ -553,7 +559,7 @@ mod tests {
     fn another_service_verifies_a_token_with_pasetors_and_the_published_key_alone() {
         let ring = ring_made_at(&[T0]);
         let published: Vec<String> = ring
-            .public_keys(TTL)
+            .public_keys(T0, TTL)
             .into_iter()
             .map(|key| key.public_key)
             .collect();

@@ -3,12 +3,15 @@
 //! - [`keys`]: the [`KeyRing`] loaded from a directory of PASERK `k4.secret` files, key
 //!   generation for `identity-server keygen`, and the public keys to publish.
 //! - [`access`]: issuing and verifying access tokens with a [`KeyRing`].
+//! - [`directory`]: the [`KeyDirectory`], which reloads the ring while the server runs (SIGHUP
+//!   and a periodic check) so keys rotate without a restart.
 //!
 //! Keys are named by their PASERK id (`k4.pid.…`), which every token carries in its footer as
 //! `{"kid":"k4.pid.…"}`. Another service verifies a token with nothing but a PASETO library and
 //! the published `k4.public` key whose id matches.
 
 pub mod access;
+pub mod directory;
 mod key_files;
 pub mod keys;
 
@@ -19,6 +22,7 @@ use time::Duration;
 use uuid::Uuid;
 
 pub use access::{AccessClaims, CLOCK_SKEW_ALLOWANCE, IssuedToken, TokenError, VerifiedAccess};
+pub use directory::{KeyDirectory, Reloaded, Rotation};
 pub use keys::{KeyError, KeyRing, PublishedKey};
 
 /// What the server puts in, and expects of, the access tokens it issues; from configuration.

@@ -31,12 +31,14 @@ impl Drop for TempDir {
     }
 }
 
-/// A ring of keys made at each of `created`, loaded from a fresh directory that is already gone
-/// when this returns (a loaded ring needs no files).
+/// A ring of keys made at each of `created`, with no activation delay, loaded (when the last was
+/// made) from a fresh directory that is already gone when this returns (a loaded ring needs no
+/// files). Each key signs from when it was made.
 pub(super) fn ring_made_at(created: &[OffsetDateTime]) -> KeyRing {
     let dir = TempDir::new();
     for &at in created {
         KeyRing::generate(dir.path(), at).expect("key generated");
     }
-    KeyRing::load(dir.path()).expect("keys load")
+    let newest = created.iter().copied().max().expect("at least one key");
+    KeyRing::load(dir.path(), time::Duration::ZERO, newest).expect("keys load")
 }

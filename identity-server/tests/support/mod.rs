@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod calls;
+
 use std::{sync::Arc, time::Duration};
 
 use diesel::prelude::*;
@@ -18,7 +20,7 @@ use identity_server::{
     hashing::HashingConfig,
     registration, sessions,
     startup::{Application, Settings},
-    tokens::KeyRing,
+    tokens::{KeyDirectory, KeyRing},
 };
 use identity_tests::pg::TestDb;
 use secrecy::SecretString;
@@ -59,7 +61,12 @@ impl TestApp {
             std::env::temp_dir().join(format!("identity-keys-{}", uuid::Uuid::new_v4().simple()));
         KeyRing::generate(&keys_dir, identity_server::clock::Clock::now(&clock))
             .expect("a key is generated");
-        let keys = KeyRing::load(&keys_dir).expect("the key loads");
+        let keys = KeyDirectory::open(
+            &keys_dir,
+            identity_server::tokens::Rotation::default(),
+            identity_server::clock::Clock::now(&clock),
+        )
+        .expect("the key loads");
         let mut settings = Settings {
             grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
             database: db::PoolConfig {
