@@ -1,0 +1,135 @@
+//! The built server when the database misbehaves around it: a table lock nobody releases, and
+//! several replicas migrating one empty database at once.
+
+use std::time::Duration;
+
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Text},
+};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use identity_proto::identity::v1 as pb;
+use identity_tests::{
+    pg::TestDb,
+    process::{self, Process},
+    server::{CODE_KEY, Server},
+};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+fn register_request(email: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        email: email.into(),
+        password: "tangerine-kettle-orbit-42".into(),
+        display_name: "Ada Lovelace".into(),
+        locale: "en-GB".into(),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Rows in `users` and in `outbox` that mention `email`.
+async fn rows_for(db: &TestDb, email: &str) -> (i64, i64) {
+    let mut conn = db.connect().await;
+    let users: Count = diesel::sql_query("SELECT count(*) AS n FROM users WHERE email = $1")
+        .bind::<Text, _>(email)
+        .get_result(&mut conn)
+        .await
+        .expect("users is readable");
+    let outbox: Count =
+        diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE payload->>'recipient' = $1")
+            .bind::<Text, _>(email)
+            .get_result(&mut conn)
+            .await
+            .expect("outbox is readable");
+    (users.n, outbox.n)
+}
+
+#[tokio::test]
+async fn register_behind_a_stuck_table_lock_answers_unavailable_with_retry_info_and_writes_nothing()
+{
+    let server = Server::start(&[]).await;
+    let mut locker = server.db.connect().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("the test takes the lock");
+
+    let mut client = server.registration().await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(6),
+        client.register(register_request("locked@example.com")),
+    )
+    .await
+    .expect("Register answers within 6 s while the users table is locked");
+
+    let status = answer.expect_err("Register cannot succeed behind the lock");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.get_error_details().retry_info().is_some(),
+        "UNAVAILABLE carries RetryInfo: {status:?}"
+    );
+    locker
+        .batch_execute("ROLLBACK")
+        .await
+        .expect("the test releases the lock");
+    assert_eq!(
+        rows_for(&server.db, "locked@example.com").await,
+        (0, 0),
+        "nothing was written"
+    );
+    server.register("locked@example.com").await;
+    assert_eq!(rows_for(&server.db, "locked@example.com").await, (1, 1));
+}
+
+#[tokio::test]
+async fn three_replicas_started_at_once_with_serve_migrate_on_an_empty_database_all_serve() {
+    let db = TestDb::create_empty().await;
+    let keys = std::env::temp_dir().join(format!("identity-keys-{}", db.name));
+    let keys = keys.display().to_string();
+    let keygen = process::run(
+        "identity-server",
+        &["keygen"],
+        &[("IDENTITY_KEYS_DIR", &keys)],
+    );
+    assert!(keygen.status.success(), "keygen failed: {keygen:?}");
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
+        ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+        ("IDENTITY_KEYS_DIR", keys.as_str()),
+    ];
+
+    let mut replicas: Vec<Process> = (0..3)
+        .map(|_| Process::spawn("identity-server", &["serve", "--migrate"], &env))
+        .collect();
+
+    for replica in &mut replicas {
+        let line = replica
+            .wait_for_line("identity-server listening", Duration::from_secs(60))
+            .await;
+        let addr = process::field(&line, "grpc.addr").expect("the address is logged");
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("the replica accepts connections");
+        let mut health = HealthClient::new(channel);
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving);
+    }
+}
