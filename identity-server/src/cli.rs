@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 use argon2::Params;
 use clap::{Args, Parser, Subcommand};
 use http::HeaderValue;
+use identity_proto::pg::SessionTimeouts;
 use secrecy::SecretString;
 
 use crate::{
@@ -64,7 +65,9 @@ struct KeygenArgs {
 
 #[derive(Debug, Args)]
 struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity.
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/identity/db-ca.pem.
+    /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
+    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
     database_url: SecretString,
 }
@@ -94,6 +97,17 @@ struct ServeArgs {
     /// Milliseconds to wait for a database connection before answering UNAVAILABLE.
     #[arg(long, env = "IDENTITY_DB_TIMEOUT_MS", default_value_t = 1000)]
     db_timeout_ms: u64,
+
+    /// Milliseconds any one SQL statement may run (PostgreSQL statement_timeout, set on every
+    /// pooled connection); a call that hits it answers UNAVAILABLE and changes nothing.
+    #[arg(long, env = "IDENTITY_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    db_statement_timeout_ms: u64,
+
+    /// Milliseconds a statement may wait for a lock (PostgreSQL lock_timeout), so no call
+    /// hangs behind a stuck lock: it answers UNAVAILABLE and changes nothing. At most the
+    /// statement timeout.
+    #[arg(long, env = "IDENTITY_DB_LOCK_TIMEOUT_MS", default_value_t = 2000)]
+    db_lock_timeout_ms: u64,
 
     /// Password hashes computed at once (default: one per CPU core).
     #[arg(long, env = "IDENTITY_HASH_WORKERS")]
@@ -205,6 +219,13 @@ impl ServeArgs {
             self.reset_cooldown_secs >= 0,
             "the reset cooldown cannot be negative"
         );
+        let session = SessionTimeouts {
+            statement: Duration::from_millis(self.db_statement_timeout_ms),
+            lock: Duration::from_millis(self.db_lock_timeout_ms),
+        };
+        session.validate().map_err(|e| {
+            anyhow::anyhow!("IDENTITY_DB_STATEMENT_TIMEOUT_MS / IDENTITY_DB_LOCK_TIMEOUT_MS: {e}")
+        })?;
         let keys = KeyRing::load(&self.keys_dir)?;
         Ok(Settings {
             grpc_addr: self.grpc_addr,
@@ -212,6 +233,7 @@ impl ServeArgs {
                 url: self.database.database_url,
                 max_size: self.db_pool_size,
                 timeout: Duration::from_millis(self.db_timeout_ms),
+                session,
             },
             hashing: HashingConfig {
                 params,

@@ -4,8 +4,13 @@
 //!   clients, prost messages), and [`FILE_DESCRIPTOR_SET`] for server reflection.
 //! - [`outbox`]: the messages `identity-server` writes to the outbox table and `outbox-relay`
 //!   delivers. Both processes compile this one definition, so they cannot drift apart.
+//! - [`pg`] (feature `postgres`): how both binaries connect to PostgreSQL (TLS after libpq's
+//!   `sslmode`, session timeouts, the pool). Shared the same way, and behind a feature so API
+//!   clients do not pull a database driver.
 
 pub mod outbox;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod redact;
 
 /// Generated code, laid out by protobuf package.

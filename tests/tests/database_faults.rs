@@ -10,9 +10,11 @@ use diesel::{
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use identity_proto::identity::v1 as pb;
 use identity_tests::{
+    outbox::count,
     pg::TestDb,
     process::{self, Process},
     server::{CODE_KEY, Server},
+    wait,
 };
 use tonic::Code;
 use tonic_health::pb::{
@@ -107,9 +109,34 @@ async fn three_replicas_started_at_once_with_serve_migrate_on_an_empty_database_
         ("IDENTITY_KEYS_DIR", keys.as_str()),
     ];
 
+    // Line the three up at the worst moment: the test starts creating diesel's bookkeeping
+    // table and does not commit, so whatever each replica does first on the empty database
+    // waits on it; once all three wait, the test rolls back and they go at once.
+    let mut gate = db.connect().await;
+    gate.batch_execute("BEGIN; CREATE TABLE __diesel_schema_migrations (version text)")
+        .await
+        .expect("the test opens the gate");
     let mut replicas: Vec<Process> = (0..3)
         .map(|_| Process::spawn("identity-server", &["serve", "--migrate"], &env))
         .collect();
+    let mut observer = db.connect().await;
+    wait::until(
+        "three replicas waiting on a lock",
+        Duration::from_secs(30),
+        async || {
+            let waiting = count(
+                &mut observer,
+                "SELECT count(*) AS n FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+            (waiting >= 3).then_some(())
+        },
+    )
+    .await;
+    gate.batch_execute("ROLLBACK")
+        .await
+        .expect("the test closes the gate");
 
     for replica in &mut replicas {
         let line = replica

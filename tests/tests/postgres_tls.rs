@@ -196,7 +196,10 @@ async fn migrate_with_a_wrong_ca_fails_with_a_certificate_error_that_hides_the_p
 
         let log = printed(&output);
         assert!(!output.status.success(), "{mode} with a wrong CA: {log}");
-        assert!(log.contains("certificate"), "{mode}: {log}");
+        assert!(
+            log.contains("not signed by a CA in sslrootcert"),
+            "{mode}: {log}"
+        );
         assert!(!log.contains(PASSWORD), "{mode}: {log}");
     }
 }
