@@ -160,3 +160,68 @@ async fn three_replicas_started_at_once_with_serve_migrate_on_an_empty_database_
         assert_eq!(status, ServingStatus::Serving);
     }
 }
+
+#[test]
+fn help_documents_the_database_timeouts_of_both_binaries() {
+    let server = process::run("identity-server", &["serve", "--help"], &[]);
+    let relay = process::run("outbox-relay", &["serve", "--help"], &[]);
+    let server = String::from_utf8_lossy(&server.stdout);
+    let relay = String::from_utf8_lossy(&relay.stdout);
+
+    for documented in [
+        "IDENTITY_DB_STATEMENT_TIMEOUT_MS",
+        "IDENTITY_DB_LOCK_TIMEOUT_MS",
+        "statement_timeout",
+        "lock_timeout",
+    ] {
+        assert!(server.contains(documented), "{documented}:\n{server}");
+    }
+    for documented in ["RELAY_DB_STATEMENT_TIMEOUT_MS", "RELAY_DB_LOCK_TIMEOUT_MS"] {
+        assert!(relay.contains(documented), "{documented}:\n{relay}");
+    }
+}
+
+#[test]
+fn a_lock_timeout_above_the_statement_timeout_is_refused_at_start_up() {
+    let keys = std::env::temp_dir().join("identity-keys-never-read");
+    let keys = keys.display().to_string();
+    let server = process::run(
+        "identity-server",
+        &["serve"],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1:1/identity"),
+            ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+            ("IDENTITY_KEYS_DIR", keys.as_str()),
+            ("IDENTITY_DB_STATEMENT_TIMEOUT_MS", "1000"),
+            ("IDENTITY_DB_LOCK_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let relay = process::run(
+        "outbox-relay",
+        &["serve"],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1:1/identity"),
+            ("SMTP_URL", "smtp://127.0.0.1:1"),
+            ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
+            (
+                "VERIFY_URL_TEMPLATE",
+                "https://app.example.com/verify?token={token}",
+            ),
+            (
+                "RESET_URL_TEMPLATE",
+                "https://app.example.com/reset?token={token}",
+            ),
+            ("RELAY_DB_STATEMENT_TIMEOUT_MS", "1000"),
+            ("RELAY_DB_LOCK_TIMEOUT_MS", "3000"),
+        ],
+    );
+
+    for (name, output) in [("identity-server", server), ("outbox-relay", relay)] {
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: {log}");
+        assert!(
+            log.contains("lock timeout (3000 ms) cannot exceed the statement timeout (1000 ms)"),
+            "{name}: {log}"
+        );
+    }
+}

@@ -265,3 +265,59 @@ async fn the_relay_listens_and_delivers_over_verify_full() {
         .await;
     assert!(!relay.output().contains(PASSWORD));
 }
+
+/// What a relay needs to get as far as its database, with SMTP and links configured.
+fn relay_env(database_url: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("DATABASE_URL", database_url),
+        ("SMTP_URL", "smtp://127.0.0.1:1"),
+        ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
+        (
+            "VERIFY_URL_TEMPLATE",
+            "https://app.example.com/verify?token={token}",
+        ),
+        (
+            "RESET_URL_TEMPLATE",
+            "https://app.example.com/reset?token={token}",
+        ),
+    ]
+}
+
+#[test]
+fn an_unknown_sslmode_stops_both_binaries_with_the_accepted_values_and_no_password() {
+    let url = format!("postgres://app:{PASSWORD}@127.0.0.1:1/identity?sslmode=verify_full");
+
+    let server = migrate(&url);
+    let relay = process::run("outbox-relay", &["serve"], &relay_env(&url));
+
+    for (name, output) in [("identity-server", server), ("outbox-relay", relay)] {
+        let log = printed(&output);
+        assert!(!output.status.success(), "{name}: {log}");
+        assert!(
+            log.contains(r#"sslmode="verify_full" is not supported"#),
+            "{name}: {log}"
+        );
+        assert!(
+            log.contains("prefer, require, verify-ca or verify-full"),
+            "{name}: {log}"
+        );
+        assert!(!log.contains(PASSWORD), "{name}: {log}");
+    }
+}
+
+#[test]
+fn help_explains_sslmode_and_sslrootcert_in_both_binaries() {
+    for (binary, args) in [
+        ("identity-server", &["migrate", "--help"][..]),
+        ("identity-server", &["serve", "--help"][..]),
+        ("outbox-relay", &["serve", "--help"][..]),
+    ] {
+        let help = String::from_utf8_lossy(&process::run(binary, args, &[]).stdout).into_owned();
+        for documented in ["sslmode", "verify-full", "sslrootcert"] {
+            assert!(
+                help.contains(documented),
+                "{binary} {args:?}: {documented} missing from:\n{help}"
+            );
+        }
+    }
+}

@@ -14,21 +14,25 @@
 //!   `lock_timeout` are set in the start-up packet (`options`), so every statement on every
 //!   pooled connection has them without a round trip. Not for the relay's LISTEN connection,
 //!   which idles by design, nor for migrations.
+//!   A pooler that refuses start-up `options` (PgBouncer unless `ignore_startup_parameters`
+//!   lists it, and then it drops them) needs the limits set on the role instead (`ALTER ROLE
+//!   ... SET statement_timeout = '5s'`).
 //! - **Errors** never repeat the URL, so they never show its password.
+//!
+//! Layout: `url.rs` splits `DATABASE_URL`; `tls.rs` builds the rustls configuration and its
+//! certificate checks per mode; `pool.rs` holds [`SessionTimeouts`] and [`pool`].
 
+mod pool;
 mod tls;
 mod url;
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf};
 
 use diesel::ConnectionError;
-use diesel_async::{
-    AsyncPgConnection,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool},
-};
-use futures_util::FutureExt;
+use diesel_async::AsyncPgConnection;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub use pool::{Pool, SessionTimeouts, pool};
 pub use url::{RootCert, SslMode};
 
 /// `DATABASE_URL` cannot be used; the message names the part at fault, never the password.
@@ -56,44 +60,6 @@ pub enum ConfigError {
     Invalid(String),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
-}
-
-/// Limits every statement of a pooled connection runs under, so no call waits forever behind a
-/// stuck lock or a runaway query. When one fires, PostgreSQL cancels the statement (SQLSTATE
-/// 55P03 for the lock, 57014 for the statement) and the transaction rolls back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionTimeouts {
-    /// `statement_timeout`: the longest any statement may run, lock waits included.
-    pub statement: Duration,
-    /// `lock_timeout`: the longest a statement may wait for one lock.
-    pub lock: Duration,
-}
-
-impl Default for SessionTimeouts {
-    fn default() -> Self {
-        Self {
-            statement: Duration::from_secs(5),
-            lock: Duration::from_secs(2),
-        }
-    }
-}
-
-impl SessionTimeouts {
-    /// Refuses a zero limit (PostgreSQL reads 0 as "no limit") and a lock limit above the
-    /// statement limit (it could never fire).
-    pub fn validate(&self) -> Result<(), String> {
-        if self.statement.is_zero() || self.lock.is_zero() {
-            return Err("the statement and lock timeouts must be positive".into());
-        }
-        if self.lock > self.statement {
-            return Err(format!(
-                "the lock timeout ({} ms) cannot exceed the statement timeout ({} ms)",
-                self.lock.as_millis(),
-                self.statement.as_millis()
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// How to reach the database: `DATABASE_URL` parsed once, with its TLS configuration (CA file
@@ -185,46 +151,6 @@ impl Connector {
     }
 }
 
-/// A pool of connections.
-pub type Pool = deadpool::Pool<AsyncPgConnection>;
-
-/// A pool of up to `max_size` connections opened by `connector`: opening one, waiting for a
-/// free one and recycling one each give up after `timeout`. No connection is opened until one
-/// is needed, so this succeeds while the database is down.
-pub fn pool(
-    connector: Connector,
-    max_size: usize,
-    timeout: Duration,
-) -> Result<Pool, deadpool::BuildError> {
-    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-    let description = connector.target.clone();
-    manager_config.custom_setup = Box::new(move |_url| {
-        let connector = connector.clone();
-        async move {
-            tokio::time::timeout(timeout, connector.connect())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ConnectionError::BadConnection(
-                        "timed out connecting to the database".into(),
-                    ))
-                })
-        }
-        .boxed()
-    });
-    // The manager's URL only reaches our setup above, which ignores it: hand it no secret.
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        description,
-        manager_config,
-    );
-    deadpool::Pool::builder(manager)
-        .max_size(max_size)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(::deadpool::Runtime::Tokio1)
-        .build()
-}
-
 /// `host:port[,host:port]/dbname` of `config`.
 fn target(config: &tokio_postgres::Config) -> String {
     let ports = config.get_ports();
@@ -262,6 +188,8 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -334,26 +262,5 @@ mod tests {
         let debug = format!("{connector:?}");
         assert!(debug.contains("db.example:6432/app"), "{debug}");
         assert!(!debug.contains("pw-never-shown"), "{debug}");
-    }
-
-    #[test]
-    fn timeouts_must_be_positive_and_the_lock_limit_within_the_statement_limit() {
-        let ok = SessionTimeouts::default();
-        assert_eq!(ok.validate(), Ok(()));
-        let zero = SessionTimeouts {
-            statement: Duration::ZERO,
-            ..ok
-        };
-        assert!(zero.validate().is_err());
-        let inverted = SessionTimeouts {
-            statement: Duration::from_secs(1),
-            lock: Duration::from_secs(2),
-        };
-        assert!(
-            inverted
-                .validate()
-                .expect_err("inverted")
-                .contains("2000 ms")
-        );
     }
 }
