@@ -109,10 +109,12 @@ fn is_connection_loss(error: &DieselError) -> bool {
 ///
 /// diesel reports both as `DatabaseErrorKind::Unknown` and does not expose the SQLSTATE
 /// (`DatabaseErrorInformation` has no code, and diesel-async's wrapper around tokio-postgres'
-/// `DbError` is private), so the primary message is what we can match. These are fixed texts
-/// in PostgreSQL's source, sent in English unless a superuser sets `lc_messages` to another
-/// language; they are matched by prefix, so the relation named in "could not obtain lock on
-/// row in relation ..." does not matter.
+/// `DbError` is private), so the primary message is what we can match, as for shutdowns
+/// above. These are fixed texts in PostgreSQL's source, translated only when the server's
+/// `lc_messages` names another language (a client cannot override it without superuser
+/// rights); matched by prefix, so the relation named in "could not obtain lock on row in
+/// relation ..." does not matter. Should a server answer in another language, such a call
+/// still fails fast and writes nothing, but as INTERNAL.
 fn is_timeout(error: &DieselError) -> bool {
     const PREFIXES: [&str; 2] = [
         // 55P03 from lock_timeout, 57014 from statement_timeout or pg_cancel_backend.
