@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 use argon2::Params;
 use clap::{Args, Parser, Subcommand};
 use http::HeaderValue;
+use identity_proto::pg::SessionTimeouts;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -66,7 +67,9 @@ struct KeygenArgs {
 
 #[derive(Debug, Args)]
 struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity.
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/identity/db-ca.pem.
+    /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
+    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
     database_url: SecretString,
 }
@@ -96,6 +99,17 @@ struct ServeArgs {
     /// Milliseconds to wait for a database connection before answering UNAVAILABLE.
     #[arg(long, env = "IDENTITY_DB_TIMEOUT_MS", default_value_t = 1000)]
     db_timeout_ms: u64,
+
+    /// Milliseconds any one SQL statement may run (PostgreSQL statement_timeout, set on every
+    /// pooled connection); a call that hits it answers UNAVAILABLE and changes nothing.
+    #[arg(long, env = "IDENTITY_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    db_statement_timeout_ms: u64,
+
+    /// Milliseconds a statement may wait for a lock (PostgreSQL lock_timeout), so no call
+    /// hangs behind a stuck lock: it answers UNAVAILABLE and changes nothing. At most the
+    /// statement timeout.
+    #[arg(long, env = "IDENTITY_DB_LOCK_TIMEOUT_MS", default_value_t = 2000)]
+    db_lock_timeout_ms: u64,
 
     /// Password hashes computed at once (default: one per CPU core).
     #[arg(long, env = "IDENTITY_HASH_WORKERS")]
@@ -325,6 +339,13 @@ impl ServeArgs {
             self.refresh_reuse_grace_secs <= MAX_REFRESH_REUSE_GRACE_SECS,
             "the refresh reuse grace window must be at most {MAX_REFRESH_REUSE_GRACE_SECS}s"
         );
+        let session = SessionTimeouts {
+            statement: Duration::from_millis(self.db_statement_timeout_ms),
+            lock: Duration::from_millis(self.db_lock_timeout_ms),
+        };
+        session.validate().map_err(|e| {
+            anyhow::anyhow!("IDENTITY_DB_STATEMENT_TIMEOUT_MS / IDENTITY_DB_LOCK_TIMEOUT_MS: {e}")
+        })?;
         let rotation = Rotation {
             activation_delay: time::Duration::seconds(self.key_activation_delay_secs.cast_signed()),
             reload_interval: Duration::from_secs(self.keys_reload_secs),
@@ -336,6 +357,7 @@ impl ServeArgs {
                 url: self.database.database_url,
                 max_size: self.db_pool_size,
                 timeout: Duration::from_millis(self.db_timeout_ms),
+                session,
             },
             hashing: HashingConfig {
                 params,

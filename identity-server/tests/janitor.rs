@@ -43,6 +43,7 @@ fn janitor(app: &TestApp, settings: janitor::Settings) -> Janitor {
         url: SecretString::from(app.db.url.clone()),
         max_size: 2,
         timeout: StdDuration::from_secs(5),
+        session: identity_proto::pg::SessionTimeouts::default(),
     })
     .expect("a pool");
     Janitor::new(pool, Arc::new(app.clock.clone()), settings)

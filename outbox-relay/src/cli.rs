@@ -4,6 +4,7 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use identity_proto::pg::SessionTimeouts;
 use lettre::message::Mailbox;
 use secrecy::SecretString;
 
@@ -44,9 +45,22 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// PostgreSQL URL of the identity database.
+    /// PostgreSQL URL of the identity database, e.g.
+    /// postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/relay/db-ca.pem.
+    /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
+    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
     database_url: SecretString,
+
+    /// Milliseconds any one SQL statement may run (PostgreSQL statement_timeout, set on every
+    /// pooled connection; not on the LISTEN connection).
+    #[arg(long, env = "RELAY_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    db_statement_timeout_ms: u64,
+
+    /// Milliseconds a statement may wait for a lock (PostgreSQL lock_timeout). At most the
+    /// statement timeout.
+    #[arg(long, env = "RELAY_DB_LOCK_TIMEOUT_MS", default_value_t = 2000)]
+    db_lock_timeout_ms: u64,
 
     /// SMTP server in lettre's URL form: smtps://user:pass@host (implicit TLS),
     /// smtp://user:pass@host:587?tls=required (STARTTLS), smtp://host:port (plain text, tests
@@ -191,7 +205,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reset: args.reset_url_template,
     })?;
     let concurrency = usize::try_from(args.concurrency)?;
-    let pool = store::pool(&args.database_url, concurrency + 2, Duration::from_secs(5))?;
+    let session = SessionTimeouts {
+        statement: Duration::from_millis(args.db_statement_timeout_ms),
+        lock: Duration::from_millis(args.db_lock_timeout_ms),
+    };
+    session.validate().map_err(|e| {
+        anyhow::anyhow!("RELAY_DB_STATEMENT_TIMEOUT_MS / RELAY_DB_LOCK_TIMEOUT_MS: {e}")
+    })?;
+    let pool = store::pool(
+        &args.database_url,
+        concurrency + 2,
+        Duration::from_secs(5),
+        session,
+    )?;
     let config = RelayConfig {
         batch_size: args.batch_size,
         concurrency,

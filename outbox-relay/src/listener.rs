@@ -4,9 +4,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
-use identity_proto::outbox::NOTIFY_CHANNEL;
+use identity_proto::{outbox::NOTIFY_CHANNEL, pg::Connector};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Notify, watch};
 
@@ -55,8 +55,13 @@ pub async fn run(database_url: SecretString, wake: Arc<Notify>, mut stop: watch:
     }
 }
 
+/// Opens the listening connection: TLS as the URL says, like the pool, but without the pool's
+/// statement and lock timeouts, since this connection idles by design. The URL is parsed (and
+/// the CA file read) at each (re)connection, so a renewed CA file is picked up.
 async fn connect(database_url: &SecretString) -> anyhow::Result<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(database_url.expose_secret()).await?;
+    let mut conn = Connector::new(database_url.expose_secret())?
+        .connect()
+        .await?;
     diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
         .execute(&mut conn)
         .await?;

@@ -4,13 +4,18 @@
 //!   clients, prost messages), and [`FILE_DESCRIPTOR_SET`] for server reflection.
 //! - [`outbox`]: the messages `identity-server` writes to the outbox table and `outbox-relay`
 //!   delivers. Both processes compile this one definition, so they cannot drift apart.
+//! - [`pg`] (feature `postgres`): how both binaries connect to PostgreSQL (TLS after libpq's
+//!   `sslmode`, session timeouts, the pool). Shared the same way, and behind a feature so API
+//!   clients do not pull a database driver.
 //!
 //! `Debug` of a generated message never prints a string or bytes field (passwords, tokens,
 //! codes, but also addresses and names) unless the field is on build.rs's short allow-list of
 //! harmless ones (`user_id`, `key_id`, `public_key`, `locale`): a field added later is redacted
-//! until someone decides otherwise. The tests are in [`redact`].
+//! until someone decides otherwise. The tests are in `redact.rs`.
 
 pub mod outbox;
+#[cfg(feature = "postgres")]
+pub mod pg;
 #[cfg(test)]
 mod redact;
 

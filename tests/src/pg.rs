@@ -85,19 +85,22 @@ impl TestDb {
 
     /// Creates an empty database (no schema), for tests of the migrate command.
     pub async fn create_empty() -> Self {
-        let admin_url = admin_url();
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = AsyncPgConnection::establish(&admin_url)
+        Self::create_empty_on(&admin_url())
             .await
-            .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL: {e}"));
+            .unwrap_or_else(|e| panic!("cannot create an empty test database: {e:#}"))
+    }
+
+    /// Same as [`TestDb::create_empty`], on the server `admin_url` names.
+    pub async fn create_empty_on(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = AsyncPgConnection::establish(admin_url).await?;
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot create {name}: {e}"));
-        Self {
-            url: with_database(&admin_url, &name),
+            .await?;
+        Ok(Self {
+            url: with_database(admin_url, &name),
             name,
-        }
+        })
     }
 
     /// A new connection to this database.
@@ -202,9 +205,51 @@ pub struct Cluster {
     as_postgres: bool,
 }
 
+/// The server certificate (with its chain) and private key of a TLS-only [`Cluster`], in PEM.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// The server certificate, optionally followed by intermediates.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
 impl Cluster {
     /// Creates and starts a cluster on a free port.
     pub fn start() -> anyhow::Result<Self> {
+        let cluster = Self::init()?;
+        cluster.resume()?;
+        Ok(cluster)
+    }
+
+    /// Creates and starts a cluster that speaks TLS with `tls` and, over TCP, accepts TLS
+    /// connections only (`hostssl` in pg_hba.conf), as managed PostgreSQL services do. Its Unix
+    /// socket ([`Cluster::socket_url`]) stays open without TLS, for the test's own set-up.
+    pub fn start_tls(tls: &ServerTls) -> anyhow::Result<Self> {
+        let cluster = Self::init()?;
+        let data = cluster.data();
+        write_private(&data.join("server.crt"), &tls.cert_pem)?;
+        write_private(&data.join("server.key"), &tls.key_pem)?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )?;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(
+            &mut conf,
+            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )?;
+        if cluster.as_postgres {
+            run(Command::new("chown").arg("-R").arg("postgres").arg(&data))?;
+        }
+        cluster.resume()?;
+        Ok(cluster)
+    }
+
+    /// Creates the data directory (initdb) on a free port, without starting the server.
+    fn init() -> anyhow::Result<Self> {
         let bindir = pg_bindir()?;
         let dir =
             std::env::temp_dir().join(format!("identity-pg-{}", uuid::Uuid::new_v4().simple()));
@@ -223,7 +268,6 @@ impl Cluster {
             "initdb -D {} -U postgres --auth=trust --no-sync -E UTF8 >/dev/null",
             cluster.data().display()
         ))?;
-        cluster.resume()?;
         Ok(cluster)
     }
 
@@ -231,9 +275,21 @@ impl Cluster {
         self.dir.join("data")
     }
 
-    /// URL of the `postgres` database.
+    /// URL of the `postgres` database, over TCP.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// URL of the `postgres` database over the Unix socket (no TLS needed there).
+    pub fn socket_url(&self) -> String {
+        // The socket directory, percent-encoded, stands where a host name would.
+        let dir = self.dir.display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{dir}:{}/postgres", self.port)
+    }
+
+    /// The TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the server (fast shutdown: open connections are cut).
@@ -276,6 +332,19 @@ impl Drop for Cluster {
         ));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes `contents` to a new file only its owner may read (PostgreSQL insists on it for keys).
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, contents.as_bytes())?;
+    Ok(())
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {

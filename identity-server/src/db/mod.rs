@@ -11,26 +11,22 @@ pub mod sessions;
 pub mod users;
 pub mod verification;
 
+mod migrations;
+
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{
-    AsyncConnection, AsyncPgConnection,
-    async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool},
-};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use futures_util::FutureExt;
+use diesel_async::{AsyncPgConnection, pooled_connection::deadpool};
+use identity_proto::pg::{self, Connector, SessionTimeouts};
 use secrecy::{ExposeSecret, SecretString};
+
+pub use migrations::{MIGRATION_LOCK_KEY, MIGRATIONS, pending_migrations, run_migrations};
 
 #[diesel::declare_sql_function]
 extern "SQL" {
     /// PostgreSQL's `lower(text)`, as the unique index on `users` compares addresses.
     fn lower(value: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
-
-/// Every migration in `migrations/`, compiled into the binary.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 
 /// The connection pool.
 pub type Pool = deadpool::Pool<AsyncPgConnection>;
@@ -39,50 +35,32 @@ pub type Pool = deadpool::Pool<AsyncPgConnection>;
 /// told it is unavailable.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// `postgres://` URL; a secret, since it may hold a password.
+    /// `postgres://` URL, with libpq's `sslmode` and `sslrootcert` (see `identity_proto::pg`); a
+    /// secret, since it may hold a password.
     pub url: SecretString,
     /// Most connections open at once.
     pub max_size: usize,
     /// Limit for opening one connection, and for waiting on a free one.
     pub timeout: Duration,
+    /// `statement_timeout` and `lock_timeout` of every pooled connection.
+    pub session: SessionTimeouts,
 }
 
 /// Builds the pool. No connection is opened until one is needed, so this succeeds while the
-/// database is down and the server recovers by itself when it comes back.
+/// database is down and the server recovers by itself when it comes back; a malformed URL or
+/// an unreadable CA file fails here, at start-up.
 pub fn pool(config: &PoolConfig) -> anyhow::Result<Pool> {
-    let connect_timeout = config.timeout;
-    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-    manager_config.custom_setup = Box::new(move |url| {
-        let url = url.to_owned();
-        async move {
-            tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(diesel::ConnectionError::BadConnection(
-                        "timed out connecting to the database".into(),
-                    ))
-                })
-        }
-        .boxed()
-    });
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        config.url.expose_secret(),
-        manager_config,
-    );
-    Ok(deadpool::Pool::builder(manager)
-        .max_size(config.max_size)
-        .wait_timeout(Some(config.timeout))
-        .create_timeout(Some(config.timeout))
-        .recycle_timeout(Some(config.timeout))
-        .runtime(::deadpool::Runtime::Tokio1)
-        .build()?)
+    let connector =
+        Connector::new(config.url.expose_secret())?.with_session_timeouts(config.session);
+    Ok(pg::pool(connector, config.max_size, config.timeout)?)
 }
 
 /// A database failure, split by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database cannot be reached (down, restarting, or too slow to hand out a connection).
-    /// Nothing was committed; retrying later is safe.
+    /// The database cannot be reached (down, restarting, or too slow to hand out a connection),
+    /// or gave up on a statement (lock or statement timeout). Nothing was committed; retrying
+    /// later is safe.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// Any other failure: a bug or a broken invariant.
@@ -101,7 +79,7 @@ impl From<deadpool::PoolError> for StoreError {
 
 impl From<DieselError> for StoreError {
     fn from(error: DieselError) -> Self {
-        if is_connection_loss(&error) {
+        if is_connection_loss(&error) || is_timeout(&error) {
             Self::Unavailable(error.to_string())
         } else {
             Self::Query(error)
@@ -127,6 +105,33 @@ fn is_connection_loss(error: &DieselError) -> bool {
     }
 }
 
+/// Whether PostgreSQL cancelled the statement because it waited too long: `lock_timeout` or a
+/// `NOWAIT` lock (SQLSTATE 55P03, lock_not_available), `statement_timeout` or a cancel request
+/// (57014, query_canceled). The transaction was rolled back.
+///
+/// diesel reports both as `DatabaseErrorKind::Unknown` and does not expose the SQLSTATE
+/// (`DatabaseErrorInformation` has no code, and diesel-async's wrapper around tokio-postgres'
+/// `DbError` is private), so the primary message is what we can match, as for shutdowns
+/// above. These are fixed texts in PostgreSQL's source, translated only when the server's
+/// `lc_messages` names another language (a client cannot override it without superuser
+/// rights); matched by prefix, so the relation named in "could not obtain lock on row in
+/// relation ..." does not matter. Should a server answer in another language, such a call
+/// still fails fast and writes nothing, but as INTERNAL.
+fn is_timeout(error: &DieselError) -> bool {
+    const PREFIXES: [&str; 2] = [
+        // 55P03 from lock_timeout, 57014 from statement_timeout or pg_cancel_backend.
+        "canceling statement due to ",
+        // 55P03 from NOWAIT.
+        "could not obtain lock on ",
+    ];
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => PREFIXES
+            .iter()
+            .any(|prefix| info.message().starts_with(prefix)),
+        _ => false,
+    }
+}
+
 /// Whether `error` is a violation of the unique index or constraint named `constraint`.
 pub fn is_unique_violation(error: &DieselError, constraint: &str) -> bool {
     matches!(
@@ -136,30 +141,45 @@ pub fn is_unique_violation(error: &DieselError, constraint: &str) -> bool {
     )
 }
 
-/// Applies pending migrations on one connection; returns the versions it applied.
-pub async fn run_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
-    let url = url.expose_secret().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
-        let applied = conn
-            .run_pending_migrations(MIGRATIONS)
-            .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
-        Ok(applied.iter().map(ToString::to_string).collect())
-    })
-    .await?
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The versions of migrations that are embedded but not applied.
-pub async fn pending_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
-    let url = url.expose_secret().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
-        let pending = conn
-            .pending_migrations(MIGRATIONS)
-            .map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
-        Ok(pending.iter().map(|m| m.name().to_string()).collect())
-    })
-    .await?
+    fn unknown(message: &str) -> DieselError {
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn lock_and_statement_timeouts_are_unavailable() {
+        for message in [
+            "canceling statement due to lock timeout",
+            "canceling statement due to statement timeout",
+            "canceling statement due to user request",
+            "could not obtain lock on row in relation \"users\"",
+            "terminating connection due to administrator command",
+            "the database system is shutting down",
+        ] {
+            assert!(
+                matches!(
+                    StoreError::from(unknown(message)),
+                    StoreError::Unavailable(_)
+                ),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_database_errors_stay_query_errors() {
+        for error in [
+            unknown("relation \"nope\" does not exist"),
+            DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new("canceling statement due to lock timeout".to_owned()),
+            ),
+            DieselError::NotFound,
+        ] {
+            assert!(matches!(StoreError::from(error), StoreError::Query(_)));
+        }
+    }
 }

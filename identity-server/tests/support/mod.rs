@@ -73,6 +73,7 @@ impl TestApp {
                 url: SecretString::from(db.url.clone()),
                 max_size: 8,
                 timeout: Duration::from_secs(1),
+                session: identity_proto::pg::SessionTimeouts::default(),
             },
             hashing: HashingConfig {
                 params: argon2::Params::DEFAULT,

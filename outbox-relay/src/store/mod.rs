@@ -20,24 +20,19 @@ use schema::outbox;
 /// The connection pool.
 pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
 
-/// A pool of up to `max_size` connections that waits at most `timeout` for one.
+/// A pool of up to `max_size` connections that waits at most `timeout` for one, connecting as
+/// `url` says (TLS after libpq's `sslmode`, see `identity_proto::pg`) with `session` limits on
+/// every statement. A malformed URL or unreadable CA file fails here, at start-up.
 pub fn pool(
     url: &secrecy::SecretString,
     max_size: usize,
     timeout: Duration,
+    session: identity_proto::pg::SessionTimeouts,
 ) -> anyhow::Result<Pool> {
     use secrecy::ExposeSecret;
-    let manager =
-        diesel_async::pooled_connection::AsyncDieselConnectionManager::<AsyncPgConnection>::new(
-            url.expose_secret(),
-        );
-    Ok(Pool::builder(manager)
-        .max_size(max_size)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()?)
+    let connector =
+        identity_proto::pg::Connector::new(url.expose_secret())?.with_session_timeouts(session);
+    Ok(identity_proto::pg::pool(connector, max_size, timeout)?)
 }
 
 /// Payload keys a dead-lettered message keeps; everything else (tokens, codes) is dropped. An

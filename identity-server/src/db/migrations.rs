@@ -1,0 +1,99 @@
+//! The embedded migrations, applied (`migrate`, `serve --migrate`) or checked (`serve`) while
+//! holding a PostgreSQL advisory lock, so any number of replicas and a migration Job may start
+//! at once: one applies, the others wait for it and then find nothing pending.
+//!
+//! The lock is session-level, on the migration connection, under the fixed key
+//! [`MIGRATION_LOCK_KEY`]; PostgreSQL releases it if the process dies. An operator can see who
+//! holds it with `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 1953068153`
+//! (the key's low 32 bits; its high 32 bits are `classid` 1768187246).
+
+use diesel::{RunQueryDsl, sql_types::BigInt};
+use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use identity_proto::pg::Connector;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Every migration in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// The advisory lock every migrating or checking process takes: the ASCII bytes of "identity"
+/// read as a big-endian integer, 7594306396727374969.
+pub const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"identity");
+
+type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
+
+#[diesel::declare_sql_function]
+extern "SQL" {
+    /// Takes the session-level advisory lock `key` if free; says whether it did.
+    fn pg_try_advisory_lock(key: BigInt) -> diesel::sql_types::Bool;
+}
+
+/// Applies pending migrations; returns the versions it applied (none if another process
+/// applied them while this one waited for the lock).
+pub async fn run_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
+    under_migration_lock(url, |conn| {
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
+        Ok(applied.iter().map(ToString::to_string).collect())
+    })
+    .await
+}
+
+/// The versions of migrations that are embedded but not applied. Waits while another process
+/// applies migrations, so it reports the outcome rather than a half-way state.
+pub async fn pending_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
+    under_migration_lock(url, |conn| {
+        let pending = conn
+            .pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
+        Ok(pending.iter().map(|m| m.name().to_string()).collect())
+    })
+    .await
+}
+
+/// Opens a connection (TLS as `url` says, no session timeouts: a migration may take long),
+/// takes the migration lock, runs `work` and releases the lock.
+async fn under_migration_lock<T: Send + 'static>(
+    url: &SecretString,
+    work: impl FnOnce(&mut SyncConnection) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let conn = Connector::new(url.expose_secret())?.connect().await?;
+    // diesel's migration harness is synchronous; the wrapper drives the async connection from
+    // a blocking thread.
+    tokio::task::spawn_blocking(move || {
+        let mut conn = SyncConnection::from(conn);
+        let taken = diesel::select(pg_try_advisory_lock(MIGRATION_LOCK_KEY))
+            .get_result::<bool>(&mut conn)?;
+        if !taken {
+            tracing::info!(
+                lock_key = MIGRATION_LOCK_KEY,
+                "another process holds the migration lock; waiting for it"
+            );
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+                .execute(&mut conn)?;
+        }
+        let outcome = work(&mut conn);
+        // Closing the connection would release it too; say so explicitly while it is open.
+        let released = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+            .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+            .execute(&mut conn);
+        let value = outcome?;
+        released?;
+        Ok(value)
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATION_LOCK_KEY;
+
+    #[test]
+    fn the_lock_key_is_the_documented_number() {
+        assert_eq!(MIGRATION_LOCK_KEY, 7_594_306_396_727_374_969);
+        assert_eq!(MIGRATION_LOCK_KEY >> 32, 1_768_187_246);
+        assert_eq!(MIGRATION_LOCK_KEY & 0xffff_ffff, 1_953_068_153);
+    }
+}
