@@ -31,7 +31,7 @@ pub async fn start(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Proc
         ("RELAY_RETRY_BASE_MS", "50"),
         ("RELAY_RETRY_CAP_SECS", "1"),
         ("RELAY_SMTP_TIMEOUT_SECS", "4"),
-        ("RELAY_LEASE_SECS", "10"),
+        ("RELAY_LEASE_SECS", "12"),
         ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
         ("RUST_LOG", "info,outbox_relay=debug"),
     ];

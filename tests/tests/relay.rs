@@ -279,7 +279,7 @@ async fn killing_the_relay_repeatedly_loses_nothing_and_duplicates_only_sends_in
         ("RELAY_BATCH_SIZE", "32"),
         ("RELAY_CONCURRENCY", concurrency.as_str()),
         ("RELAY_SMTP_TIMEOUT_SECS", "2"),
-        ("RELAY_LEASE_SECS", "6"),
+        ("RELAY_LEASE_SECS", "7"),
     ];
 
     for kill in 1..=KILLS {
