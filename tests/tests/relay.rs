@@ -528,6 +528,7 @@ fn help_explains_the_relay_and_never_prints_the_smtp_password() {
         "VERIFY_URL_TEMPLATE",
         "RELAY_MAX_ATTEMPTS",
         "RELAY_LEASE_SECS",
+        "RELAY_HEALTH_ADDR",
     ] {
         assert!(
             help.contains(documented),

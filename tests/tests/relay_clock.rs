@@ -13,16 +13,16 @@ use identity_tests::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-/// libfaketime's preload library, as Debian installs it.
+/// libfaketime's preload library, where Debian installs it (`/usr/lib/<triplet>/faketime/`).
 fn libfaketime() -> PathBuf {
-    let found = [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib",
-    ]
-    .iter()
-    .map(|dir| PathBuf::from(dir).join("faketime/libfaketime.so.1"))
-    .find(|path| path.exists());
+    let triplets = std::fs::read_dir("/usr/lib")
+        .map(|dirs| dirs.filter_map(Result::ok).map(|d| d.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    let found = triplets
+        .into_iter()
+        .chain([PathBuf::from("/usr/lib")])
+        .map(|dir| dir.join("faketime/libfaketime.so.1"))
+        .find(|path| path.exists());
     found.unwrap_or_else(|| {
         panic!(
             "libfaketime is missing: run scripts/test, which installs it (apt-get install faketime)"
