@@ -439,7 +439,7 @@ async fn serve(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
             .insecure_enable_plaintext_auth();
     }
     let data_ended = Arc::new(AtomicBool::new(false));
-    let script = Arc::clone(&shared);
+    let delays = Arc::clone(&shared);
     let mut session = builder.build(
         peer,
         ScriptedHandler {
@@ -467,7 +467,7 @@ async fn serve(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
                 Action::NoReply => {}
                 Action::Reply => {
                     if data_ended.swap(false, Ordering::Relaxed) {
-                        let delay = lock(&script.script).data_end_delay;
+                        let delay = lock(&delays.script).data_end_delay;
                         tokio::time::sleep(delay).await;
                     }
                     writer.write_all(&response.buffer()?).await?;
