@@ -1,7 +1,7 @@
 //! The command line: `outbox-relay serve`. Every option can also come from the environment
 //! variable named in `--help`.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use identity_proto::pg::SessionTimeouts;
@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use crate::{
     backoff::RetryPolicy,
     email::{LinkTemplate, Links, Renderer},
+    health::HealthService,
     mailer::Mailer,
     relay::{Relay, RelayConfig},
     store,
@@ -100,7 +101,10 @@ struct ServeArgs {
     #[arg(long, env = "RELAY_CONCURRENCY", default_value_t = 16)]
     concurrency: u32,
 
-    /// Seconds a claim lasts; a crashed relay's messages are retried after this.
+    /// Seconds a claim lasts; a crashed relay's messages are retried after this. It must cover
+    /// one delivery (twice RELAY_SMTP_TIMEOUT_SECS, plus 3 s), or the relay refuses to start:
+    /// before each send the relay extends the lease when less than that is left, so no other
+    /// relay can claim a message while it is being sent.
     #[arg(long, env = "RELAY_LEASE_SECS", default_value_t = 30)]
     lease_secs: u64,
 
@@ -137,6 +141,12 @@ struct ServeArgs {
     /// Seconds in-flight sends may take to finish at shutdown.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+
+    /// Address of the gRPC health service (grpc.health.v1): "liveness" is SERVING while the
+    /// process runs; "readiness" (and "") while the database answers and sending is not paused.
+    /// Port 0 picks a free port; the address is logged.
+    #[arg(long, env = "RELAY_HEALTH_ADDR", default_value = "127.0.0.1:50052")]
+    health_addr: SocketAddr,
 }
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
@@ -222,6 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         concurrency,
         lease: Duration::from_secs(args.lease_secs.max(1)),
+        smtp_timeout: timeout,
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
         retry: RetryPolicy {
             base: Duration::from_millis(args.retry_base_ms),
@@ -232,6 +243,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth_pause: Duration::from_secs(args.auth_pause_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
+    let relay = Arc::new(Relay::new(
+        pool,
+        args.database_url,
+        mailer,
+        renderer,
+        from.clone(),
+        config.clone(),
+    )?);
+    let health = HealthService::bind(args.health_addr).await?;
     tracing::info!(
         batch_size = config.batch_size,
         concurrency = config.concurrency,
@@ -239,15 +259,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         from = %from,
         "outbox-relay started"
     );
-    let relay = Arc::new(Relay::new(
-        pool,
-        args.database_url,
-        mailer,
-        renderer,
-        from,
-        config,
-    ));
-    relay.run(shutdown_signal()).await
+    let health = health.spawn(Arc::clone(&relay));
+    let stopped = relay.run(shutdown_signal()).await;
+    health.abort();
+    stopped
 }
 
 fn default_sender() -> lettre::Address {

@@ -1,7 +1,9 @@
 //! outbox-relay: drains the identity outbox to the email provider.
 //!
-//! - [`relay`]: the loop: claim, deliver with bounded concurrency, settle; shutdown.
-//! - [`store`]: lease-guarded queries on `outbox` and `outbox_dead`.
+//! - [`relay`]: the loop: claim, make sure the lease covers each send, deliver with bounded
+//!   concurrency, settle; shutdown.
+//! - [`store`]: lease-guarded queries on `outbox` and `outbox_dead`, timed by the database's clock.
+//! - [`health`]: gRPC health: liveness, and readiness (the database answers, sending not paused).
 //! - [`payload`]: the kinds of message delivered: parsing a payload, its recipient, rendering it.
 //! - [`listener`]: LISTEN for new messages, reconnecting with backoff.
 //! - [`mailer`]: SMTP (lettre, pooled) or `.eml` files, and how failures are classified.
@@ -12,6 +14,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod email;
+pub mod health;
 pub mod listener;
 pub mod mailer;
 pub mod payload;

@@ -63,3 +63,14 @@ ensure_diesel() {
   # shellcheck disable=SC2034 # for the caller
   DIESEL=$(command -v diesel)
 }
+
+# ensure_faketime: libfaketime, which the relay clock tests preload to set the relay's clock
+# ahead (tests/tests/relay_clock.rs). From Debian's `faketime` package, installed when missing.
+ensure_faketime() {
+  local lib
+  for lib in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
+    [[ -e $lib ]] && return 0
+  done
+  log "installing faketime (libfaketime, for the relay clock tests)"
+  apt_install faketime
+}

@@ -148,6 +148,16 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// Waits (without blocking the runtime) up to `timeout` for the process to exit on its own
+    /// and returns how it ended; panics if it is still running then.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        crate::wait::until("the process to exit", timeout, || {
+            std::future::ready(child.try_wait().ok().flatten())
+        })
+        .await
+    }
+
     /// Everything printed so far, counting the lines that contain `needle`.
     pub fn count_lines(&self, needle: &str) -> usize {
         self.output().lines().filter(|l| l.contains(needle)).count()

@@ -16,7 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, TcpListener as StdTcpListener},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -259,6 +259,13 @@ impl SmtpServer {
         });
     }
 
+    /// From the next message on, waits `delay` before answering the end of each message's DATA
+    /// (the message is recorded when its DATA ends, then the 250 follows): a slow provider.
+    /// Sessions wait independently of one another.
+    pub fn delay_each_message(&self, delay: Duration) {
+        lock(&self.shared.script).data_end_delay = delay;
+    }
+
     /// How many AUTH exchanges ended in 535.
     pub fn auth_failures(&self) -> usize {
         lock(&self.shared.script).auth_failures
@@ -376,6 +383,8 @@ struct Script {
     attempts: HashMap<String, usize>,
     auth: Option<Credentials>,
     auth_failures: usize,
+    /// How long the reply to the end of DATA is held back.
+    data_end_delay: Duration,
 }
 
 /// The one user the server accepts when AUTH is required.
@@ -429,10 +438,13 @@ async fn serve(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
             .enable_auth(AuthMechanism::Login)
             .insecure_enable_plaintext_auth();
     }
+    let data_ended = Arc::new(AtomicBool::new(false));
+    let delays = Arc::clone(&shared);
     let mut session = builder.build(
         peer,
         ScriptedHandler {
             shared,
+            data_ended: Arc::clone(&data_ended),
             user: None,
             from: String::new(),
             to: Vec::new(),
@@ -453,7 +465,13 @@ async fn serve(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
             let response = session.process(&line);
             match response.action {
                 Action::NoReply => {}
-                Action::Reply => writer.write_all(&response.buffer()?).await?,
+                Action::Reply => {
+                    if data_ended.swap(false, Ordering::Relaxed) {
+                        let delay = lock(&delays.script).data_end_delay;
+                        tokio::time::sleep(delay).await;
+                    }
+                    writer.write_all(&response.buffer()?).await?;
+                }
                 // TLS is never offered, so an upgrade cannot be asked for; close either way.
                 Action::Close | Action::UpgradeTls => {
                     writer.write_all(&response.buffer()?).await?;
@@ -468,6 +486,8 @@ async fn serve(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
 /// Decides what mailin's session answers, as the test scripted, and records what it accepts.
 struct ScriptedHandler {
     shared: Arc<Shared>,
+    /// Set when a message's DATA ends, so that its reply can be delayed.
+    data_ended: Arc<AtomicBool>,
     user: Option<String>,
     from: String,
     to: Vec<String>,
@@ -537,6 +557,7 @@ impl Handler for ScriptedHandler {
         });
         // Recorded before the 250 goes out: a client that saw 250 finds its message recorded.
         self.shared.count.send_replace(received.len());
+        self.data_ended.store(true, Ordering::Relaxed);
         response::OK
     }
 

@@ -35,6 +35,8 @@ async fn start_relay(db_url: &str, smtp_url: &str) -> Process {
             ("DATABASE_URL", db_url),
             ("SMTP_URL", smtp_url),
             ("EMAIL_FROM", "Bench <bench@example.com>"),
+            // Several relays run side by side: each picks a free port for its health service.
+            ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
             ("RUST_LOG", "info"),
         ],
     );

@@ -1,0 +1,258 @@
+//! The relay loop: claim a batch, deliver each message with bounded concurrency, then complete,
+//! retry, dead-letter or put back each one; drain until nothing is available, then wait for a
+//! notification (or the polling interval). On shutdown: stop claiming, let in-flight sends
+//! finish within the grace period, release every lease still held.
+//!
+//! - [`lease`]: how long a delivery may take, the lease that covers it, the database's clock.
+//! - [`delivery`]: one message: make sure the lease covers the send, render, send.
+//! - [`verdict`]: what became of a message, recorded in the outbox and the log.
+//! - [`dev_log`]: the log line for an email written to a file (development).
+
+mod delivery;
+mod dev_log;
+mod lease;
+mod verdict;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lettre::message::Mailbox;
+use secrecy::SecretString;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+pub use lease::LeaseTooShort;
+
+use crate::{
+    backoff::RetryPolicy,
+    email::Renderer,
+    listener,
+    mailer::Mailer,
+    store::{self, Claimed},
+};
+
+/// How the relay paces itself.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Messages claimed at once.
+    pub batch_size: i64,
+    /// Messages being sent at once (no more than the SMTP pool's connections).
+    pub concurrency: usize,
+    /// How long a claim lasts before another relay may take the message.
+    pub lease: Duration,
+    /// The mailer's limit on connecting, and on sending one email.
+    pub smtp_timeout: Duration,
+    /// Longest wait between two looks at the outbox when no notification comes.
+    pub poll_interval: Duration,
+    pub retry: RetryPolicy,
+    /// How long sending pauses after the SMTP server refused our credentials.
+    pub auth_pause: Duration,
+    /// How long in-flight sends may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// The relay and what it depends on.
+pub struct Relay {
+    pool: store::Pool,
+    database_url: SecretString,
+    mailer: Mailer,
+    renderer: Renderer,
+    from: Mailbox,
+    config: RelayConfig,
+    budget: lease::Budget,
+    /// Lease tokens of batches being processed, released at shutdown.
+    held: Mutex<HashSet<Uuid>>,
+    /// Sending is paused until then (after the SMTP server refused us).
+    paused_until: Mutex<Option<Instant>>,
+    /// Set once shutdown began.
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("mailer", &self.mailer)
+            .field("from", &self.from)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Assembles a relay; refuses a lease that cannot cover one delivery.
+    pub fn new(
+        pool: store::Pool,
+        database_url: SecretString,
+        mailer: Mailer,
+        renderer: Renderer,
+        from: Mailbox,
+        config: RelayConfig,
+    ) -> Result<Self, LeaseTooShort> {
+        let budget = lease::Budget::new(config.lease, config.smtp_timeout)?;
+        Ok(Self {
+            pool,
+            database_url,
+            mailer,
+            renderer,
+            from,
+            config,
+            budget,
+            held: Mutex::default(),
+            paused_until: Mutex::default(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Relays until `shutdown` completes, then stops as the module doc says.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let wake = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        let listener = tokio::spawn(listener::run(
+            self.database_url.clone(),
+            Arc::clone(&wake),
+            stopped.clone(),
+        ));
+        let mut worker = tokio::spawn(Arc::clone(&self).work(wake, stopped));
+
+        tokio::select! {
+            () = shutdown => tracing::info!("shutting down: no more claims; finishing in-flight sends"),
+            finished = &mut worker => {
+                finished?;
+                anyhow::bail!("the relay loop ended on its own");
+            }
+        }
+        self.stopping.store(true, Ordering::Relaxed);
+        let _ = stop.send(true);
+        if tokio::time::timeout(self.config.shutdown_grace, &mut worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.config.shutdown_grace, "in-flight sends outlived the grace period; abandoning them");
+            worker.abort();
+        }
+        listener.abort();
+        self.release_held().await;
+        tracing::info!("outbox-relay stopped");
+        Ok(())
+    }
+
+    /// Whether sending is paused (the SMTP server refused us, not a message).
+    pub fn is_paused(&self) -> bool {
+        self.pause_left().is_some()
+    }
+
+    /// Whether shutdown began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Whether the database answers a trivial query within `timeout`.
+    pub async fn database_answers(&self, timeout: Duration) -> bool {
+        let ping = async {
+            let mut conn = self.pool.get().await.ok()?;
+            store::ping(&mut conn).await.ok()
+        };
+        matches!(tokio::time::timeout(timeout, ping).await, Ok(Some(())))
+    }
+
+    async fn work(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            if let Some(left) = self.pause_left() {
+                tokio::select! {
+                    () = tokio::time::sleep(left) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let token = Uuid::new_v4();
+            match self.claim(token).await {
+                Ok((batch, _)) if batch.is_empty() => {
+                    self.held_mut().remove(&token);
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Ok((batch, claimed)) => {
+                    tracing::debug!(messages = batch.len(), "claimed a batch");
+                    futures_util::stream::iter(batch)
+                        .for_each_concurrent(self.config.concurrency, |message| {
+                            self.handle(token, claimed, message, &stop)
+                        })
+                        .await;
+                    self.held_mut().remove(&token);
+                }
+                Err(e) => {
+                    self.held_mut().remove(&token);
+                    tracing::warn!(error.message = %e, "cannot claim outbox messages; retrying shortly");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims a batch under `token`; also returns when the claim was sent, which is when the
+    /// lease started at the earliest.
+    async fn claim(&self, token: Uuid) -> anyhow::Result<(Vec<Claimed>, Instant)> {
+        let mut conn = self.pool.get().await?;
+        // Recorded before the claim, so a shutdown racing it still releases what it took.
+        self.held_mut().insert(token);
+        let sent = Instant::now();
+        let batch = store::claim(
+            &mut conn,
+            token,
+            self.budget.lease(),
+            self.config.batch_size,
+        )
+        .await?;
+        Ok((batch, sent))
+    }
+
+    fn pause_for(&self, pause: Duration) {
+        *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + pause);
+    }
+
+    fn pause_left(&self) -> Option<Duration> {
+        let until = (*self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    fn held_mut(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn release_held(&self) {
+        let tokens: Vec<Uuid> = self.held_mut().drain().collect();
+        if tokens.is_empty() {
+            return;
+        }
+        match self.pool.get().await {
+            Ok(mut conn) => match store::release(&mut conn, &tokens).await {
+                Ok(released) => tracing::info!(released, "released unfinished leases"),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "cannot release leases; they lapse on their own")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot release leases; they lapse on their own")
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! What became of one message, and how that is recorded: in the outbox (under the lease, so a
+//! relay that lost its lease changes nothing) and in the log.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Relay;
+use crate::{
+    mailer::{SendError, Sent},
+    store::{self, Claimed},
+};
+
+/// What became of one message.
+pub(super) enum Verdict {
+    /// Accepted; `at` is the database's time then.
+    Delivered { sent: Sent, at: OffsetDateTime },
+    /// Retry later (counts an attempt) or, past the attempt limit, dead-letter.
+    Failed(String),
+    /// Dead-letter now; `tried` says whether a delivery was attempted.
+    Dead { reason: String, tried: bool },
+    /// The SMTP server refused us, not the message: pause, put the message back, count nothing.
+    Paused(String),
+    /// Not attempted (shutting down or paused): make it available again after the delay.
+    PutBack(Duration),
+}
+
+impl From<SendError> for Verdict {
+    fn from(error: SendError) -> Self {
+        match error {
+            SendError::Transient(e) => Self::Failed(e),
+            SendError::Permanent(e) => Self::Dead {
+                reason: e,
+                tried: true,
+            },
+            SendError::Authentication(e) => Self::Paused(e),
+        }
+    }
+}
+
+impl Relay {
+    /// Records the verdict on `message`. A lost lease or a failed update is logged, not fatal:
+    /// the message comes back when its lease lapses.
+    pub(super) async fn record(&self, token: Uuid, message: &Claimed, verdict: Verdict) {
+        match self.settle(token, message, verdict).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(message.id = %message.id, "lease lost before the outcome was recorded; another relay owns the message now")
+            }
+            Err(e) => {
+                tracing::warn!(message.id = %message.id, error.message = %e, "cannot record the outcome; the message returns when its lease lapses")
+            }
+        }
+    }
+
+    /// Logs the verdict and applies it to the outbox; false when the lease was lost.
+    async fn settle(
+        &self,
+        token: Uuid,
+        message: &Claimed,
+        verdict: Verdict,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.pool.get().await?;
+        let conn = &mut *conn;
+        let id = message.id;
+        let recorded = match verdict {
+            Verdict::Delivered { sent, at } => {
+                let waited = at - message.created_at;
+                match &sent {
+                    Sent::Smtp => {
+                        tracing::info!(message.id = %id, kind = %message.kind, failed_attempts = message.attempts, waited_ms = waited.whole_milliseconds(), "email accepted by the SMTP server")
+                    }
+                    Sent::File(path) => {
+                        tracing::info!(message.id = %id, kind = %message.kind, path = %path.display(), "email written to a file (no SMTP_URL)")
+                    }
+                }
+                store::complete(conn, id, token).await?
+            }
+            Verdict::Failed(error) => {
+                let failures = message.attempts + 1;
+                if self.config.retry.exhausted(failures) {
+                    let reason = format!("gave up after {failures} attempts; last error: {error}");
+                    tracing::warn!(message.id = %id, %reason, "email dead-lettered");
+                    store::dead_letter(conn, id, token, 1, &reason).await?
+                } else {
+                    let delay = self.config.retry.delay(failures, rand::random::<f64>());
+                    tracing::info!(message.id = %id, attempts = failures, retry_in = ?delay, error.message = %error, "email delivery failed; will retry");
+                    store::retry_later(conn, id, token, delay, &error).await?
+                }
+            }
+            Verdict::Dead { reason, tried } => {
+                tracing::warn!(message.id = %id, kind = %message.kind, %reason, "email dead-lettered");
+                store::dead_letter(conn, id, token, i32::from(tried), &reason).await?
+            }
+            Verdict::Paused(error) => {
+                let pause = self.config.auth_pause;
+                tracing::error!(error.message = %error, pause = ?pause, "the SMTP server refused our credentials; pausing delivery (check SMTP_URL)");
+                self.pause_for(pause);
+                // The pause is this relay's, not the message's: a relay with the right
+                // credentials (another replica, or this one restarted) may send it now.
+                store::put_back(conn, id, token, Duration::ZERO).await?
+            }
+            Verdict::PutBack(delay) => store::put_back(conn, id, token, delay).await?,
+        };
+        Ok(recorded)
+    }
+}
