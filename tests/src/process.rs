@@ -114,12 +114,11 @@ impl Process {
 
     /// Sends SIGTERM and returns at once.
     pub fn send_sigterm(&self) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "cannot signal {pid}");
+        self.signal("TERM");
     }
 
-    /// Waits (without blocking the runtime) up to `timeout` for the process to exit.
+    /// Waits (without blocking the runtime) up to `timeout` for the process to exit on its own
+    /// and returns how it ended; panics if it is still running then.
     pub async fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = &mut self.child;
         crate::wait::until("the process to exit", timeout, || {
@@ -146,16 +145,6 @@ impl Process {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// Waits (without blocking the runtime) up to `timeout` for the process to exit on its own
-    /// and returns how it ended; panics if it is still running then.
-    pub async fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let child = &mut self.child;
-        crate::wait::until("the process to exit", timeout, || {
-            std::future::ready(child.try_wait().ok().flatten())
-        })
-        .await
     }
 
     /// Everything printed so far, counting the lines that contain `needle`.
