@@ -87,7 +87,7 @@ impl From<StoreError> for Status {
                 retry_later(
                     Code::Unavailable,
                     "DATABASE_UNAVAILABLE",
-                    "the service cannot reach its database; nothing was changed, retry later",
+                    "the database is unreachable or did not answer in time; nothing was changed, retry later",
                     UNAVAILABLE_RETRY,
                 )
             }
