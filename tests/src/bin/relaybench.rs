@@ -35,6 +35,14 @@ async fn start_relay(db_url: &str, smtp_url: &str) -> Process {
             ("DATABASE_URL", db_url),
             ("SMTP_URL", smtp_url),
             ("EMAIL_FROM", "Bench <bench@example.com>"),
+            (
+                "VERIFY_URL_TEMPLATE",
+                "https://app.example.com/verify?token={token}",
+            ),
+            (
+                "RESET_URL_TEMPLATE",
+                "https://app.example.com/reset?token={token}",
+            ),
             ("RUST_LOG", "info"),
         ],
     );
