@@ -38,8 +38,8 @@ pub struct RelayConfig {
     /// Longest wait between two looks at the outbox when no notification comes.
     pub poll_interval: Duration,
     pub retry: RetryPolicy,
-    /// How long sending pauses after the SMTP server refused our credentials.
-    pub auth_pause: Duration,
+    /// How long sending pauses after the SMTP server refused us (not a message).
+    pub refused_pause: Duration,
     /// How long in-flight sends may take to finish at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -54,7 +54,7 @@ enum Verdict {
         reason: String,
         tried: bool,
     },
-    /// Our credentials were refused: pause, put the message back, count nothing.
+    /// The server refused us, not the message: pause, put the message back, count nothing.
     Paused(String),
     /// Not attempted (shutting down or paused): make it available again after the delay.
     PutBack(Duration),
@@ -70,7 +70,7 @@ pub struct Relay {
     config: RelayConfig,
     /// Lease tokens of batches being processed, released at shutdown.
     held: Mutex<HashSet<Uuid>>,
-    /// Sending is paused until then (after an authentication failure).
+    /// Sending is paused until then (after the server refused us).
     paused_until: Mutex<Option<Instant>>,
 }
 
@@ -223,7 +223,7 @@ impl Relay {
                         tracing::info!(message.id = %id, kind = %message.kind, failed_attempts = message.attempts, waited_ms = waited.whole_milliseconds(), "email accepted by the SMTP server")
                     }
                     Sent::File(path) => {
-                        tracing::info!(message.id = %id, kind = %message.kind, path = %path.display(), "email written to a file (no SMTP_URL)")
+                        tracing::info!(message.id = %id, kind = %message.kind, path = %path.display(), "email written to a file (development mode)")
                     }
                 }
                 store::complete(conn, id, token).await?
@@ -245,14 +245,14 @@ impl Relay {
                 store::dead_letter(conn, id, token, i32::from(tried), &reason).await?
             }
             Verdict::Paused(error) => {
-                let pause = self.config.auth_pause;
-                tracing::error!(error.message = %error, pause = ?pause, "the SMTP server refused our credentials; pausing delivery (check SMTP_URL)");
+                let pause = self.config.refused_pause;
+                tracing::error!(error.message = %error, pause = ?pause, "the SMTP server refused us, not the message; pausing delivery (check SMTP_URL, EMAIL_FROM and the provider account)");
                 *self
                     .paused_until
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + pause);
                 // The pause is this relay's, not the message's: a relay with the right
-                // credentials (another replica, or this one restarted) may send it now.
+                // configuration (another replica, or this one restarted) may send it now.
                 store::put_back(conn, id, token, Duration::ZERO).await?
             }
             Verdict::PutBack(delay) => store::put_back(conn, id, token, delay).await?,
@@ -283,7 +283,7 @@ impl Relay {
                 reason: e,
                 tried: true,
             },
-            Err(SendError::Authentication(e)) => Verdict::Paused(e),
+            Err(SendError::Refused(e)) => Verdict::Paused(e),
         }
     }
 
@@ -339,7 +339,7 @@ impl Relay {
     }
 }
 
-/// Development only (no SMTP_URL): shows where the email is and the link (and code) in it, so
+/// Development only (RELAY_DEV_MAIL_DIR): shows where the email is and the link (and code) in it, so
 /// that a developer can follow it. With SMTP, tokens and codes are never logged.
 fn log_written_file(path: &Path, payload: &Payload, rendered: &RenderedEmail) {
     let link = rendered.link().unwrap_or_default();
