@@ -283,7 +283,7 @@ impl Relay {
                 reason: e,
                 tried: true,
             },
-            Err(SendError::Refused(e)) => Verdict::Paused(e),
+            Err(SendError::ChannelRefused(e)) => Verdict::Paused(e),
         }
     }
 

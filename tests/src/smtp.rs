@@ -5,8 +5,8 @@
 //! be stopped (freeing its port) and started again on the same port to stage an outage.
 //!
 //! The SMTP protocol is the `mailin` crate's (command parser, state machine, replies, AUTH):
-//! [`session`] only moves lines between sockets and a `mailin::Session`, and its `Handler`
-//! applies the test's [`script`] and records what is accepted. That is what `mailin-embedded`
+//! `session` only moves lines between sockets and a `mailin::Session`, and its `Handler`
+//! applies the test's `script` and records what is accepted. That is what `mailin-embedded`
 //! does too; it is not used because its `serve()` never returns (so its port cannot be freed
 //! for an outage test) and its fixed thread pool stalls sessions beyond its size. The server
 //! runs on a runtime and a thread of its own, so it keeps serving while a test blocks.

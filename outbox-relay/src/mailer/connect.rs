@@ -121,7 +121,7 @@ impl Connector {
                     .await
                     .map_err(|e| Stage::Tls.classify(&e))?;
             } else if required {
-                return Err(SendError::Refused(
+                return Err(SendError::ChannelRefused(
                     "the SMTP server does not offer STARTTLS, which SMTP_URL requires".into(),
                 ));
             }
@@ -140,8 +140,9 @@ impl Connector {
         &self,
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SendError> {
-        let name = ServerName::try_from(self.target.host.clone())
-            .map_err(|e| SendError::Refused(format!("the SMTP host is no TLS server name: {e}")))?;
+        let name = ServerName::try_from(self.target.host.clone()).map_err(|e| {
+            SendError::ChannelRefused(format!("the SMTP host is no TLS server name: {e}"))
+        })?;
         tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
             .await
@@ -150,7 +151,7 @@ impl Connector {
                     .get_ref()
                     .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
                 if tls_failure {
-                    SendError::Refused(format!(
+                    SendError::ChannelRefused(format!(
                         "the TLS handshake with the SMTP server failed: {e}"
                     ))
                 } else {

@@ -72,7 +72,7 @@ impl Stage {
         let refused = || format!("the SMTP server refused {}: {text}", self.refused());
         match (permanent, self.is_about_the_message()) {
             (true, true) => SendError::Permanent(refused()),
-            (true, false) => SendError::Refused(refused()),
+            (true, false) => SendError::ChannelRefused(refused()),
             // 4xx replies, connection and TLS failures, timeouts: try again later.
             (false, _) => SendError::Transient(format!("at {}: {text}", self.refused())),
         }
@@ -150,7 +150,7 @@ mod tests {
             Stage::Data,
         ] {
             assert!(
-                matches!(reply(stage, 554), SendError::Refused(_)),
+                matches!(reply(stage, 554), SendError::ChannelRefused(_)),
                 "{stage:?}"
             );
         }
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn a_client_error_refuses_us_or_the_message_by_stage() {
         let no_mechanism = Stage::Auth.verdict(None, true, "no compatible mechanism");
-        assert!(matches!(no_mechanism, SendError::Refused(_)));
+        assert!(matches!(no_mechanism, SendError::ChannelRefused(_)));
         let data = Stage::DataEnd.verdict(None, true, "cannot send");
         assert!(matches!(data, SendError::Permanent(_)));
     }

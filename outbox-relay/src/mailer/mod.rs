@@ -81,7 +81,7 @@ pub enum SendError {
     /// trust. The fault is in our configuration, sender or reputation, and would fail every
     /// message alike: sending pauses and no attempt is counted. The text names the stage.
     #[error("{0}")]
-    Refused(String),
+    ChannelRefused(String),
 }
 
 impl Mailer {
