@@ -1,22 +1,23 @@
 //! The command line: `outbox-relay serve`. Every option can also come from the environment
 //! variable named in `--help`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+mod delivery;
+
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use identity_proto::pg::SessionTimeouts;
-use lettre::message::Mailbox;
 use secrecy::SecretString;
 
 use crate::{
     backoff::RetryPolicy,
-    email::{LinkTemplate, Links, Renderer},
+    email::Renderer,
     health::HealthService,
-    mailer::Mailer,
     relay::{Relay, RelayConfig},
     store,
     telemetry::{self, LogFormat},
 };
+use delivery::DeliveryArgs;
 
 /// Delivers the emails identity-server queues in the outbox table: claims batches under short
 /// leases (any number of replicas may run), sends over SMTP with retries and backoff, moves
@@ -63,35 +64,8 @@ struct ServeArgs {
     #[arg(long, env = "RELAY_DB_LOCK_TIMEOUT_MS", default_value_t = 2000)]
     db_lock_timeout_ms: u64,
 
-    /// SMTP server in lettre's URL form: smtps://user:pass@host (implicit TLS),
-    /// smtp://user:pass@host:587?tls=required (STARTTLS), smtp://host:port (plain text, tests
-    /// only). Without it, emails are written as .eml files to --mail-dir (development).
-    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = parse_secret)]
-    smtp_url: Option<SecretString>,
-
-    /// Sender of every email, e.g. "Example <no-reply@example.com>". Required with SMTP_URL.
-    #[arg(long, env = "EMAIL_FROM")]
-    email_from: Option<Mailbox>,
-
-    /// The link in verification emails: an http(s) URL where {token} is replaced by the token.
-    #[arg(
-        long,
-        env = "VERIFY_URL_TEMPLATE",
-        default_value = "http://localhost:3000/verify-email?token={token}"
-    )]
-    verify_url_template: LinkTemplate,
-
-    /// The link in password-reset emails: an http(s) URL where {token} is replaced by the token.
-    #[arg(
-        long,
-        env = "RESET_URL_TEMPLATE",
-        default_value = "http://localhost:3000/reset-password?token={token}"
-    )]
-    reset_url_template: LinkTemplate,
-
-    /// Folder for .eml files when there is no SMTP_URL.
-    #[arg(long, env = "RELAY_MAIL_DIR", default_value = ".local/mail")]
-    mail_dir: PathBuf,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
 
     /// Messages claimed at once.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 64)]
@@ -130,13 +104,11 @@ struct ServeArgs {
     #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 100)]
     max_attempts: i32,
 
-    /// Seconds to pause sending after the SMTP server refuses our credentials.
-    #[arg(long, env = "RELAY_AUTH_PAUSE_SECS", default_value_t = 60)]
-    auth_pause_secs: u64,
-
-    /// Seconds an SMTP command may take.
-    #[arg(long, env = "RELAY_SMTP_TIMEOUT_SECS", default_value_t = 10)]
-    smtp_timeout_secs: u64,
+    /// Seconds to pause sending after the SMTP server refused us rather than a message: a 5xx
+    /// to the greeting, EHLO, STARTTLS, AUTH, MAIL FROM or DATA, or an untrusted certificate.
+    /// No attempt is counted; sending resumes by itself when the server accepts again.
+    #[arg(long, env = "RELAY_REFUSED_PAUSE_SECS", default_value_t = 60)]
+    refused_pause_secs: u64,
 
     /// Seconds in-flight sends may take to finish at shutdown.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
@@ -189,32 +161,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "the batch size must be positive");
     anyhow::ensure!(args.concurrency > 0, "the concurrency must be positive");
     anyhow::ensure!(args.max_attempts > 0, "the attempt limit must be positive");
-    let timeout = Duration::from_secs(args.smtp_timeout_secs);
-    let (mailer, from) = match &args.smtp_url {
-        Some(url) => {
-            let from = args
-                .email_from
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("EMAIL_FROM is required with SMTP_URL"))?;
-            (
-                Mailer::smtp(url, usize::try_from(args.concurrency)?, timeout)?,
-                from,
-            )
-        }
-        None => {
-            tracing::warn!(dir = %args.mail_dir.display(), "no SMTP_URL: writing emails to files (development mode)");
-            let from = args
-                .email_from
-                .clone()
-                .unwrap_or_else(|| Mailbox::new(Some("Identity".into()), default_sender()));
-            (Mailer::files(args.mail_dir.clone())?, from)
-        }
-    };
-    let renderer = Renderer::new(Links {
-        verify: args.verify_url_template,
-        reset: args.reset_url_template,
-    })?;
     let concurrency = usize::try_from(args.concurrency)?;
+    let (mailer, from, links) = args.delivery.build(concurrency)?;
+    let renderer = Renderer::new(links)?;
     let session = SessionTimeouts {
         statement: Duration::from_millis(args.db_statement_timeout_ms),
         lock: Duration::from_millis(args.db_lock_timeout_ms),
@@ -232,7 +181,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         concurrency,
         lease: Duration::from_secs(args.lease_secs.max(1)),
-        smtp_timeout: timeout,
+        smtp_timeout: args.delivery.smtp_timeout(),
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
         retry: RetryPolicy {
             base: Duration::from_millis(args.retry_base_ms),
@@ -240,7 +189,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cap: Duration::from_secs(args.retry_cap_secs),
             max_attempts: args.max_attempts,
         },
-        auth_pause: Duration::from_secs(args.auth_pause_secs),
+        refused_pause: Duration::from_secs(args.refused_pause_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
     let relay = Arc::new(Relay::new(
@@ -263,12 +212,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stopped = relay.run(shutdown_signal()).await;
     health.abort();
     stopped
-}
-
-fn default_sender() -> lettre::Address {
-    // A literal that always parses: "no-reply" and "localhost" are valid parts.
-    lettre::Address::new("no-reply", "localhost")
-        .unwrap_or_else(|_| unreachable!("a valid literal address"))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -8,8 +8,10 @@
 //! - [`process`]: runs the built binaries as a user would and captures their logs.
 //! - [`relay`]: `outbox-relay` started for tests.
 //! - [`server`]: `identity-server` migrated and serving on a free port.
-//! - [`smtp`]: a real SMTP server over TCP that records what it accepts, answers as a test
-//!   scripts it (451 twice, then accept; 550), can require AUTH, and can be stopped and restarted.
+//! - [`smtp`]: a real SMTP server over TCP (or implicit TLS) that records what it accepts,
+//!   answers each stage of the dialogue as a test scripts it (451 twice, then accept; 550 to
+//!   `MAIL FROM`; 554 after the data), can require AUTH, closes idle sessions with 421 when told
+//!   to, and can be stopped and restarted.
 //! - [`wait`]: waits for a condition with a deadline, never a bare sleep.
 
 pub mod load;

@@ -1,23 +1,58 @@
 //! `outbox-relay serve` as a user runs it, tuned for tests: quick retries, short leases, the
-//! health service on a free port; and what the relay tests read back from it.
+//! health service on a free port; and what the relay tests read back from it. A test says how
+//! the relay delivers: [`start`] sends to an SMTP server, [`start_writing_files`] writes `.eml`
+//! files (the development mode), and [`run_until_exit`] is for a relay expected to refuse its
+//! configuration.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::Path, process::Output, time::Duration};
 
 use crate::{
-    process::{self, Process},
+    process::{self, Process, binary},
     smtp::SmtpServer,
 };
 
 /// What the relay logs for each email the SMTP server accepted from it.
 pub const DELIVERED: &str = "email accepted by the SMTP server";
 
-/// Starts the built relay on `db_url` sending to `smtp_url` (empty: write `.eml` files), with
-/// quick retries, a short lease (which a short SMTP timeout lets it have) and its health service
-/// on a free port; `extra` overrides any setting, and an empty value unsets it.
+/// Starts the built relay on `db_url` sending to `smtp_url`, with quick retries, a short lease
+/// (which a short SMTP timeout lets it have) and its health service on a free port; `extra`
+/// overrides any setting, and an empty value unsets it.
 pub async fn start(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Process {
+    assert!(
+        !smtp_url.is_empty(),
+        "an SMTP URL; use start_writing_files for the development mode"
+    );
+    spawn(db_url, &[("SMTP_URL", smtp_url)], extra).await
+}
+
+/// Starts the built relay on `db_url` in its development mode, writing each email to `dir`
+/// (`RELAY_DEV_MAIL_DIR`), with the same test settings as [`start`].
+pub async fn start_writing_files(db_url: &str, dir: &Path, extra: &[(&str, &str)]) -> Process {
+    let dir = dir.to_str().expect("a UTF-8 mail directory");
+    spawn(db_url, &[("RELAY_DEV_MAIL_DIR", dir)], extra).await
+}
+
+/// Runs the built relay with only `env` (plus `RUST_LOG`) set and waits for it to exit by
+/// itself; `None` if it was still running after `timeout` (it is killed then).
+pub async fn run_until_exit(env: &[(&str, &str)], timeout: Duration) -> Option<Output> {
+    let mut command = tokio::process::Command::new(binary("outbox-relay"));
+    command
+        .arg("serve")
+        // Nothing from the test runner's environment may configure it.
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(timeout, command.output())
+        .await
+        .ok()
+        .map(|output| output.expect("the relay runs"))
+}
+
+async fn spawn(db_url: &str, delivery: &[(&str, &str)], extra: &[(&str, &str)]) -> Process {
     let mut env = vec![
         ("DATABASE_URL", db_url),
-        ("SMTP_URL", smtp_url),
         ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
         (
             "VERIFY_URL_TEMPLATE",
@@ -35,6 +70,7 @@ pub async fn start(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Proc
         ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
         ("RUST_LOG", "info,outbox_relay=debug"),
     ];
+    env.extend_from_slice(delivery);
     for (key, value) in extra {
         env.retain(|(k, _)| k != key);
         env.push((key, value));

@@ -1,34 +1,36 @@
 //! A real SMTP server on 127.0.0.1 for tests and benchmarks: it records what it accepts, answers
-//! `RCPT TO` as a test scripts it, can require AUTH PLAIN/LOGIN over plain text, and can be
-//! stopped (freeing its port) and started again on the same port to stage an outage.
+//! each stage of the dialogue (greeting, EHLO, `MAIL FROM`, `RCPT TO`, `DATA`, the end of the
+//! data) as a test scripts it, can require AUTH PLAIN/LOGIN, can speak implicit TLS with a
+//! certificate the test hands it, can close idle sessions with 421 as real servers do, and can
+//! be stopped (freeing its port) and started again on the same port to stage an outage.
 //!
 //! The SMTP protocol is the `mailin` crate's (command parser, state machine, replies, AUTH):
-//! this module only moves lines between sockets and a `mailin::Session`, and its
-//! `Handler` applies the test's script and records what is accepted. That is what
-//! `mailin-embedded` does too; it is not used because its `serve()` never returns (so its port
-//! cannot be freed for an outage test) and its fixed thread pool stalls sessions beyond its
-//! size. The server runs on a runtime and a thread of its own, so it keeps serving while a
-//! test blocks.
+//! `session` only moves lines between sockets and a `mailin::Session`, and its `Handler`
+//! applies the test's `script` and records what is accepted. That is what `mailin-embedded`
+//! does too; it is not used because its `serve()` never returns (so its port cannot be freed
+//! for an outage test) and its fixed thread pool stalls sessions beyond its size. The server
+//! runs on a runtime and a thread of its own, so it keeps serving while a test blocks.
+
+mod script;
+mod session;
 
 use std::{
-    collections::HashMap,
-    fmt, io,
-    net::{IpAddr, Ipv4Addr, TcpListener as StdTcpListener},
+    net::{Ipv4Addr, TcpListener as StdTcpListener},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use mailin::{Action, AuthMechanism, Handler, Response, SessionBuilder, response};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use time::OffsetDateTime;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
-    sync::{oneshot, watch},
-};
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+
+use script::{Credentials, Script};
+pub use script::{Reply, Stage};
 
 /// The name the server gives itself in its greeting and EHLO reply.
 const NAME: &str = "identity-tests.smtp";
@@ -58,77 +60,66 @@ impl Received {
     }
 }
 
-/// How the server answers `RCPT TO` for a recipient. Each `RCPT TO` naming the recipient is one
-/// attempt; attempts are counted per recipient across connections and restarts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Reply {
-    /// 250: the recipient is accepted.
-    #[default]
-    Accept,
-    /// `code` (4xx) for the first `times` attempts, then accept.
-    TransientTimes {
-        /// A 4xx reply code, such as 451. 421 also closes the connection, as RFC 5321 says.
-        code: u16,
-        /// How many attempts are refused before the first is accepted.
-        times: usize,
-    },
-    /// This 4xx code for every attempt.
-    Transient(u16),
-    /// This 5xx code (such as 550) for every attempt.
-    Permanent(u16),
+/// A certificate chain and its private key, in PEM, for a server speaking implicit TLS. The
+/// tests make one with the `rcgen` crate, signed by a CA of their own that they hand the client.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The server's certificate, then any intermediates.
+    pub cert_chain_pem: String,
+    /// The certificate's private key (PKCS#8).
+    pub key_pem: String,
 }
 
-impl Reply {
-    /// Panics when the code does not belong to the kind of reply, so a typo fails loudly.
-    fn check(self) {
-        let (code, range) = match self {
-            Self::Accept => return,
-            Self::TransientTimes { code, .. } | Self::Transient(code) => (code, 400..500),
-            Self::Permanent(code) => (code, 500..600),
-        };
-        assert!(
-            range.contains(&code),
-            "{self:?}: the reply code must be in {range:?}"
-        );
-    }
-
-    /// The refusing code for the `attempt`-th attempt (from 1), or `None` to accept.
-    fn code_for(self, attempt: usize) -> Option<u16> {
-        match self {
-            Self::Accept => None,
-            Self::TransientTimes { code, times } => (attempt <= times).then_some(code),
-            Self::Transient(code) | Self::Permanent(code) => Some(code),
-        }
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsIdentity")
     }
 }
 
 /// A running (or stopped) SMTP server. Dropping it stops it.
-#[derive(Debug)]
 pub struct SmtpServer {
     port: u16,
     shared: Arc<Shared>,
+    /// Implicit TLS (`smtps`) with this acceptor; plain text without.
+    tls: Option<TlsAcceptor>,
     running: Option<Running>,
+}
+
+impl std::fmt::Debug for SmtpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpServer")
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .field("running", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SmtpServer {
     /// Starts a server on a free port of 127.0.0.1 that keeps every message whole.
     pub fn start() -> Self {
-        Self::launch(0, true)
+        Self::launch(0, true, None)
     }
 
     /// Starts a server on `port` of 127.0.0.1, for a test that handed the port out (to a relay,
     /// say) before the server was up. Panics if the port is taken.
     pub fn start_on(port: u16) -> Self {
-        Self::launch(port, true)
+        Self::launch(port, true, None)
     }
 
     /// Starts a server on a free port that records every message without its DATA (`data` is
     /// empty), for benchmarks that send many messages and time their acceptance.
     pub fn start_sink() -> Self {
-        Self::launch(0, false)
+        Self::launch(0, false, None)
     }
 
-    fn launch(port: u16, keep_data: bool) -> Self {
+    /// Starts a server on a free port that speaks implicit TLS (`smtps`, TLS from the first
+    /// byte) with `identity`; a client must trust the CA that signed it.
+    pub fn start_tls(identity: &TlsIdentity) -> Self {
+        Self::launch(0, true, Some(acceptor(identity)))
+    }
+
+    fn launch(port: u16, keep_data: bool, tls: Option<TlsAcceptor>) -> Self {
         let (count, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             keep_data,
@@ -136,10 +127,12 @@ impl SmtpServer {
             received: Mutex::default(),
             count,
             connections: AtomicUsize::new(0),
+            idle_closures: AtomicUsize::new(0),
         });
         let mut server = Self {
             port,
             shared,
+            tls,
             running: None,
         };
         server.listen();
@@ -165,10 +158,11 @@ impl SmtpServer {
             .expect("SMTP server: cannot build its tokio runtime");
         let (stop, stopped) = oneshot::channel();
         let shared = Arc::clone(&self.shared);
+        let tls = self.tls.clone();
         let thread = thread::Builder::new()
             .name(format!("smtp-server-{}", self.port))
             .spawn(move || {
-                runtime.block_on(accept(listener, shared, stopped));
+                runtime.block_on(session::accept(listener, shared, tls, stopped));
                 // Dropping the runtime here cancels every session and closes its socket.
                 drop(runtime);
             })
@@ -181,21 +175,26 @@ impl SmtpServer {
         self.port
     }
 
-    /// The URL for lettre's `AsyncSmtpTransport::from_url`: `smtp://127.0.0.1:PORT`, plain text
-    /// (lettre's `smtp` scheme without a `tls` parameter never uses TLS).
+    /// The server's URL as `SMTP_URL` takes it: `smtp://127.0.0.1:PORT` (plain text), or
+    /// `smtps://127.0.0.1:PORT` for a server from [`Self::start_tls`].
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.port)
     }
 
     /// [`Self::url`] with credentials, percent-encoded as lettre expects:
-    /// `smtp://user:password@127.0.0.1:PORT`.
+    /// `smtps://user:password@127.0.0.1:PORT`.
     pub fn url_with_credentials(&self, user: &str, password: &str) -> String {
         format!(
-            "smtp://{}:{}@127.0.0.1:{}",
+            "{}://{}:{}@127.0.0.1:{}",
+            self.scheme(),
             percent_encode(user),
             percent_encode(password),
             self.port
         )
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "smtps" } else { "smtp" }
     }
 
     /// Whether the server is listening (started and not stopped).
@@ -223,35 +222,45 @@ impl SmtpServer {
         self.listen();
     }
 
-    /// Scripts the reply to `RCPT TO` for `recipient` (compared without regard to ASCII case),
-    /// replacing any earlier script for it. Takes effect for the next attempt, even mid-test.
-    pub fn reply_to(&self, recipient: &str, reply: Reply) {
-        reply.check();
-        lock(&self.shared.script)
-            .replies
-            .insert(recipient.to_ascii_lowercase(), reply);
+    /// Scripts the reply at `stage` for everyone (for `RCPT TO` and the end of the data: every
+    /// recipient without a script of its own), replacing any earlier script. Takes effect for
+    /// the next attempt, even mid-test and in open sessions.
+    pub fn script(&self, stage: Stage, reply: Reply) {
+        lock(&self.shared.script).set(stage, None, reply);
     }
 
-    /// Scripts the reply for every recipient without a script of its own (initially
-    /// [`Reply::Accept`]).
+    /// Scripts the reply at `stage` (`RCPT TO` or the end of the data) for `recipient`
+    /// (compared without regard to ASCII case). Panics for stages that name no recipient.
+    pub fn script_for(&self, stage: Stage, recipient: &str, reply: Reply) {
+        lock(&self.shared.script).set(stage, Some(recipient), reply);
+    }
+
+    /// Scripts the reply to `RCPT TO` for `recipient`: `script_for(Stage::RcptTo, ..)`.
+    pub fn reply_to(&self, recipient: &str, reply: Reply) {
+        self.script_for(Stage::RcptTo, recipient, reply);
+    }
+
+    /// Scripts the reply to `RCPT TO` for every recipient without a script of its own:
+    /// `script(Stage::RcptTo, ..)`.
     pub fn reply_to_everyone(&self, reply: Reply) {
-        reply.check();
-        lock(&self.shared.script).default_reply = reply;
+        self.script(Stage::RcptTo, reply);
     }
 
     /// How many times a client gave `RCPT TO` for `recipient` (without regard to ASCII case),
     /// whatever the reply.
     pub fn attempts(&self, recipient: &str) -> usize {
-        lock(&self.shared.script)
-            .attempts
-            .get(&recipient.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(0)
+        lock(&self.shared.script).attempts(Stage::RcptTo, Some(recipient))
     }
 
-    /// From now on, new sessions are offered AUTH PLAIN and LOGIN (over plain text) and must
-    /// authenticate as `user` with `password` before `MAIL FROM` (mailin answers 503 otherwise); wrong
-    /// credentials get 535.
+    /// How many times the dialogue reached `stage` (a session was greeted, a client gave EHLO,
+    /// `MAIL FROM`...), whatever the reply, across connections and restarts.
+    pub fn attempts_at(&self, stage: Stage) -> usize {
+        lock(&self.shared.script).attempts(stage, None)
+    }
+
+    /// From now on, new sessions are offered AUTH PLAIN and LOGIN (over plain text too, so a
+    /// raw test client can try it) and must authenticate as `user` with `password` before
+    /// `MAIL FROM` (mailin answers 503 otherwise); wrong credentials get 535.
     pub fn require_auth(&self, user: &str, password: &str) {
         lock(&self.shared.script).auth = Some(Credentials {
             user: user.to_owned(),
@@ -259,16 +268,27 @@ impl SmtpServer {
         });
     }
 
-    /// From the next message on, waits `delay` before answering the end of each message's DATA
-    /// (the message is recorded when its DATA ends, then the 250 follows): a slow provider.
+    /// How many AUTH exchanges ended in 535.
+    pub fn auth_failures(&self) -> usize {
+        lock(&self.shared.script).auth_failures
+    }
+
+    /// From the next message on, waits `delay` before answering the end of each message's data
+    /// (the message is recorded when its data ends, then the 250 follows): a slow provider.
     /// Sessions wait independently of one another.
     pub fn delay_each_message(&self, delay: Duration) {
         lock(&self.shared.script).data_end_delay = delay;
     }
 
-    /// How many AUTH exchanges ended in 535.
-    pub fn auth_failures(&self) -> usize {
-        lock(&self.shared.script).auth_failures
+    /// From now on, a session whose client says nothing for `idle` is closed with
+    /// `421 4.4.2` (as real servers do after a few minutes), in open sessions too.
+    pub fn close_idle_sessions_after(&self, idle: Duration) {
+        lock(&self.shared.script).idle_timeout = Some(idle);
+    }
+
+    /// How many sessions the server closed because they were idle too long.
+    pub fn idle_closures(&self) -> usize {
+        self.shared.idle_closures.load(Ordering::Relaxed)
     }
 
     /// How many connections the server accepted, across restarts.
@@ -371,35 +391,8 @@ struct Shared {
     /// How many messages were accepted; waiters watch it.
     count: watch::Sender<usize>,
     connections: AtomicUsize,
-}
-
-/// The test's instructions to the server, and the attempts they are counted against.
-#[derive(Debug, Default)]
-struct Script {
-    /// Keyed by lower-cased address.
-    replies: HashMap<String, Reply>,
-    default_reply: Reply,
-    /// `RCPT TO` attempts, keyed by lower-cased address.
-    attempts: HashMap<String, usize>,
-    auth: Option<Credentials>,
-    auth_failures: usize,
-    /// How long the reply to the end of DATA is held back.
-    data_end_delay: Duration,
-}
-
-/// The one user the server accepts when AUTH is required.
-struct Credentials {
-    user: String,
-    password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"[redacted]")
-            .finish()
-    }
+    /// Sessions the server closed (with 421) because they were idle too long.
+    idle_closures: AtomicUsize,
 }
 
 /// A poisoned lock only means a test panicked mid-update; the data is still worth reading.
@@ -407,167 +400,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Accepts connections until told to stop, each served by a task of its own.
-async fn accept(listener: StdTcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let listener = TcpListener::from_std(listener)
-        .expect("SMTP server: cannot hand its listener to tokio (is it non-blocking?)");
-    loop {
-        tokio::select! {
-            // A send or a dropped sender: either way, stop.
-            _ = &mut stop => return,
-            accepted = listener.accept() => {
-                // Failures such as running out of file descriptors concern one connection only.
-                let Ok((stream, peer)) = accepted else { continue };
-                shared.connections.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve(stream, peer.ip(), Arc::clone(&shared)));
-            }
-        }
-    }
-}
-
-/// Serves one connection: lines go to a `mailin` session (the SMTP parser and state machine),
-/// and its replies go back, until it says to close or the client goes away.
-async fn serve(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
-    // Replies are single small writes; do not let Nagle hold them back.
-    let _ = stream.set_nodelay(true);
-    let auth_required = lock(&shared.script).auth.is_some();
-    let mut builder = SessionBuilder::new(NAME);
-    if auth_required {
-        builder
-            .enable_auth(AuthMechanism::Plain)
-            .enable_auth(AuthMechanism::Login)
-            .insecure_enable_plaintext_auth();
-    }
-    let data_ended = Arc::new(AtomicBool::new(false));
-    let delays = Arc::clone(&shared);
-    let mut session = builder.build(
-        peer,
-        ScriptedHandler {
-            shared,
-            data_ended: Arc::clone(&data_ended),
-            user: None,
-            from: String::new(),
-            to: Vec::new(),
-            data: Vec::new(),
-        },
-    );
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    // An I/O error means the client is gone; there is no one left to tell.
-    let _ = async {
-        writer.write_all(&session.greeting().buffer()?).await?;
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).await? == 0 {
-                return Ok::<_, io::Error>(());
-            }
-            let response = session.process(&line);
-            match response.action {
-                Action::NoReply => {}
-                Action::Reply => {
-                    if data_ended.swap(false, Ordering::Relaxed) {
-                        let delay = lock(&delays.script).data_end_delay;
-                        tokio::time::sleep(delay).await;
-                    }
-                    writer.write_all(&response.buffer()?).await?;
-                }
-                // TLS is never offered, so an upgrade cannot be asked for; close either way.
-                Action::Close | Action::UpgradeTls => {
-                    writer.write_all(&response.buffer()?).await?;
-                    return Ok(());
-                }
-            }
-        }
-    }
-    .await;
-}
-
-/// Decides what mailin's session answers, as the test scripted, and records what it accepts.
-struct ScriptedHandler {
-    shared: Arc<Shared>,
-    /// Set when a message's DATA ends, so that its reply can be delayed.
-    data_ended: Arc<AtomicBool>,
-    user: Option<String>,
-    from: String,
-    to: Vec<String>,
-    data: Vec<u8>,
-}
-
-impl ScriptedHandler {
-    fn authenticate(&mut self, user: &str, password: &str) -> Response {
-        let mut script = lock(&self.shared.script);
-        let valid = script
-            .auth
-            .as_ref()
-            .is_some_and(|c| c.user == user && c.password == password);
-        if valid {
-            self.user = Some(user.to_owned());
-            response::AUTH_OK
-        } else {
-            script.auth_failures += 1;
-            response::INVALID_CREDENTIALS
-        }
-    }
-}
-
-impl Handler for ScriptedHandler {
-    fn rcpt(&mut self, to: &str) -> Response {
-        let mut script = lock(&self.shared.script);
-        let key = to.to_ascii_lowercase();
-        let attempt = {
-            let attempts = script.attempts.entry(key.clone()).or_default();
-            *attempts += 1;
-            *attempts
-        };
-        let reply = script
-            .replies
-            .get(&key)
-            .copied()
-            .unwrap_or(script.default_reply);
-        match reply.code_for(attempt) {
-            Some(code) => Response::custom(code, format!("scripted refusal for {to}")),
-            None => response::OK,
-        }
-    }
-
-    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
-        self.from = from.to_owned();
-        self.to = to.to_vec();
-        self.data.clear();
-        response::OK
-    }
-
-    fn data(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.shared.keep_data {
-            self.data.extend_from_slice(buf);
-        }
-        Ok(())
-    }
-
-    fn data_end(&mut self) -> Response {
-        let mut received = lock(&self.shared.received);
-        received.push(Received {
-            from: std::mem::take(&mut self.from),
-            to: std::mem::take(&mut self.to),
-            data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
-            authenticated_as: self.user.clone(),
-            accepted_at: Instant::now(),
-            accepted_at_utc: OffsetDateTime::now_utc(),
-        });
-        // Recorded before the 250 goes out: a client that saw 250 finds its message recorded.
-        self.shared.count.send_replace(received.len());
-        self.data_ended.store(true, Ordering::Relaxed);
-        response::OK
-    }
-
-    fn auth_plain(&mut self, _authorization_id: &str, user: &str, password: &str) -> Response {
-        self.authenticate(user, password)
-    }
-
-    fn auth_login(&mut self, user: &str, password: &str) -> Response {
-        self.authenticate(user, password)
-    }
+/// A TLS acceptor for `identity`, on the ring provider the workspace uses.
+fn acceptor(identity: &TlsIdentity) -> TlsAcceptor {
+    let chain = CertificateDer::pem_slice_iter(identity.cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("SMTP server: the certificate chain is PEM");
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+        .expect("SMTP server: the private key is PEM");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("SMTP server: ring supports the default TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("SMTP server: the certificate matches its key");
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters, for the userinfo of a URL.
@@ -584,27 +432,11 @@ fn percent_encode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Reply, percent_encode};
+    use super::percent_encode;
 
     #[test]
     fn credentials_are_percent_encoded() {
         assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
         assert_eq!(percent_encode("p@ss:w/rd"), "p%40ss%3Aw%2Frd");
-    }
-
-    #[test]
-    fn transient_times_refuses_then_accepts() {
-        let reply = Reply::TransientTimes {
-            code: 451,
-            times: 2,
-        };
-        let codes: Vec<_> = (1..=4).map(|attempt| reply.code_for(attempt)).collect();
-        assert_eq!(codes, [Some(451), Some(451), None, None]);
-    }
-
-    #[test]
-    #[should_panic(expected = "must be in 500..600")]
-    fn a_permanent_reply_with_a_transient_code_is_refused() {
-        Reply::Permanent(451).check();
     }
 }

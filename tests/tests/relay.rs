@@ -1,8 +1,11 @@
 //! outbox-relay end to end: the built binaries, a real PostgreSQL and a real SMTP server over
-//! TCP (the mailin crate's implementation) that can answer chosen recipients with 4xx or 5xx.
+//! TCP or TLS (the mailin crate's implementation) whose replies each test scripts.
+
+mod support;
 
 use std::{
     collections::{HashMap, HashSet},
+    process::Output,
     time::Duration,
 };
 
@@ -14,14 +17,55 @@ use identity_tests::{
     process::{self, Process},
     relay::{self, DELIVERED, delivered_ids, deliveries},
     server::Server,
-    smtp::{Received, Reply, SmtpServer},
+    smtp::{Received, Reply, SmtpServer, Stage},
     wait,
 };
+use support::TestCa;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn start_relay(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Process {
     relay::start(db_url, smtp_url, extra).await
+}
+
+/// Settings a relay with SMTP needs besides the URL, for relays run until they exit.
+const SMTP_SETTINGS: [(&str, &str); 4] = [
+    ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+    ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
+    (
+        "VERIFY_URL_TEMPLATE",
+        "https://app.example.com/verify?token={token}",
+    ),
+    (
+        "RESET_URL_TEMPLATE",
+        "https://app.example.com/reset?token={token}",
+    ),
+];
+
+/// Runs the relay with `env` and expects it to refuse to start: it exits by itself, non-zero.
+/// Returns what it printed.
+async fn refused_start(env: &[(&str, &str)]) -> String {
+    let output: Output = relay::run_until_exit(env, Duration::from_secs(20))
+        .await
+        .expect("the relay refuses to start, but it kept running");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "it exits non-zero:\n{printed}");
+    printed
+}
+
+/// `SMTP_SETTINGS` with `overrides` set (an empty value unsets).
+fn smtp_settings<'a>(overrides: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = SMTP_SETTINGS.to_vec();
+    for (key, value) in overrides {
+        env.retain(|(k, _)| k != key);
+        env.push((key, value));
+    }
+    env.retain(|(_, value)| !value.is_empty());
+    env
 }
 
 /// The text/plain part of a received email, decoded.
@@ -444,14 +488,20 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_rest_delive
 
 #[tokio::test]
 async fn refused_smtp_credentials_pause_delivery_without_counting_attempts() {
-    let smtp = SmtpServer::start();
+    let ca = TestCa::new();
+    let ca_file = ca.ca_file().to_str().expect("a UTF-8 path");
+    let smtp = SmtpServer::start_tls(&ca.identity);
     smtp.require_auth("relay", "right-password");
     let db = TestDb::create().await;
     let mut conn = db.connect().await;
     enqueue(&mut conn, "auth", 3).await;
 
     let wrong = smtp.url_with_credentials("relay", "wrong-password");
-    let mut relay = start_relay(&db.url, &wrong, &[("RELAY_AUTH_PAUSE_SECS", "3600")]).await;
+    let settings = [
+        ("RELAY_SMTP_CA_FILE", ca_file),
+        ("RELAY_REFUSED_PAUSE_SECS", "3600"),
+    ];
+    let mut relay = start_relay(&db.url, &wrong, &settings).await;
     relay.wait_for_line("refused our credentials", WAIT).await;
     wait::until("the messages to be put back", WAIT, async || {
         let leased = "SELECT count(*) AS n FROM outbox WHERE lease_token IS NOT NULL";
@@ -476,31 +526,199 @@ async fn refused_smtp_credentials_pause_delivery_without_counting_attempts() {
     );
     assert!(relay.terminate(WAIT).await);
 
-    // Restarted with the right credentials, it sends them at once.
+    // Restarted with the right credentials, it sends them at once, over TLS.
     let right = smtp.url_with_credentials("relay", "right-password");
-    let _relay = start_relay(&db.url, &right, &[]).await;
-    smtp.wait_for_messages(3, WAIT).await;
+    let _relay = start_relay(&db.url, &right, &[("RELAY_SMTP_CA_FILE", ca_file)]).await;
+    let messages = smtp.wait_for_messages(3, WAIT).await;
     outbox::drained(&mut conn, WAIT).await;
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.authenticated_as.as_deref() == Some("relay"))
+    );
 }
 
 #[tokio::test]
-async fn without_smtp_url_emails_are_written_as_files_and_the_link_is_logged() {
+async fn smtp_credentials_that_would_travel_in_clear_are_refused_at_start_up_unechoed() {
+    for url in [
+        "smtp://relay:plain-secret@127.0.0.1:2525",
+        "smtp://relay:plain-secret@127.0.0.1:2525?tls=opportunistic",
+    ] {
+        let printed = refused_start(&smtp_settings(&[("SMTP_URL", url)])).await;
+
+        assert!(
+            printed.contains("smtps://") && printed.contains("tls=required"),
+            "{url}: the error says what to use:\n{printed}"
+        );
+        assert!(
+            !printed.contains("plain-secret"),
+            "the password was printed:\n{printed}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_while_idle_is_replaced_without_a_failed_attempt() {
+    let smtp = SmtpServer::start();
+    smtp.close_idle_sessions_after(Duration::from_millis(1500));
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let relay = start_relay(&db.url, &smtp.url(), &[]).await;
+    enqueue(&mut conn, "before-idle", 1).await;
+    smtp.wait_for_message_to("before-idle1@example.com", WAIT)
+        .await;
+    wait::until("the server to close the idle session", WAIT, || {
+        std::future::ready((smtp.idle_closures() == 1).then_some(()))
+    })
+    .await;
+
+    enqueue(&mut conn, "after-idle", 1).await;
+    smtp.wait_for_message_to("after-idle1@example.com", WAIT)
+        .await;
+    outbox::drained(&mut conn, WAIT).await;
+
+    assert_eq!(smtp.attempts("after-idle1@example.com"), 1);
+    assert_eq!(
+        relay.count_lines("email delivery failed"),
+        0,
+        "{}",
+        relay.output()
+    );
+    assert_eq!(smtp.connections(), 2, "the stale one was replaced");
+}
+
+#[tokio::test]
+async fn a_server_refusing_our_sender_pauses_delivery_which_resumes_by_itself_losing_nothing() {
+    let smtp = SmtpServer::start();
+    smtp.script(Stage::MailFrom, Reply::Permanent(550));
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let recipients = enqueue(&mut conn, "sender-refused", 5).await;
+    let mut relay = start_relay(&db.url, &smtp.url(), &[("RELAY_REFUSED_PAUSE_SECS", "1")]).await;
+
+    settled_after_a_refusal(&smtp, Stage::MailFrom, &mut conn).await;
+    let dead = dead_letters(&mut conn).await;
+    assert!(
+        dead.is_empty(),
+        "{} of 5 dead-lettered: {dead:?}",
+        dead.len()
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) AS n FROM outbox WHERE attempts = 0"
+        )
+        .await,
+        5,
+        "no attempt counted"
+    );
+    let line = relay.wait_for_line("refused our sender", WAIT).await;
+    assert!(line.contains("ERROR"), "{line}");
+    assert_eq!(smtp.message_count(), 0);
+
+    smtp.script(Stage::MailFrom, Reply::Accept);
+    smtp.wait_for_messages(5, WAIT).await;
+    outbox::drained(&mut conn, WAIT).await;
+
+    let seen = deliveries(&smtp);
+    for recipient in &recipients {
+        assert_eq!(seen.get(recipient), Some(&1), "{recipient}");
+    }
+    assert_eq!(relay.count_lines("email delivery failed"), 0);
+    assert!(dead_letters(&mut conn).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_server_refusing_the_session_at_its_greeting_pauses_delivery_which_resumes_by_itself() {
+    let smtp = SmtpServer::start();
+    smtp.script(Stage::Greeting, Reply::Permanent(554));
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let recipients = enqueue(&mut conn, "greeting-refused", 5).await;
+    let mut relay = start_relay(&db.url, &smtp.url(), &[("RELAY_REFUSED_PAUSE_SECS", "1")]).await;
+
+    settled_after_a_refusal(&smtp, Stage::Greeting, &mut conn).await;
+    let dead = dead_letters(&mut conn).await;
+    assert!(
+        dead.is_empty(),
+        "{} of 5 dead-lettered: {dead:?}",
+        dead.len()
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) AS n FROM outbox WHERE attempts = 0"
+        )
+        .await,
+        5,
+        "no attempt counted"
+    );
+    let line = relay.wait_for_line("refused the session", WAIT).await;
+    assert!(line.contains("ERROR") && line.contains("554"), "{line}");
+
+    smtp.script(Stage::Greeting, Reply::Accept);
+    smtp.wait_for_messages(5, WAIT).await;
+    outbox::drained(&mut conn, WAIT).await;
+
+    let seen = deliveries(&smtp);
+    for recipient in &recipients {
+        assert_eq!(seen.get(recipient), Some(&1), "{recipient}");
+    }
+    assert_eq!(relay.count_lines("email delivery failed"), 0);
+}
+
+/// Waits until the server has refused at `stage` at least once and every message of the test
+/// is settled: back in the outbox unleased, or dead-lettered.
+async fn settled_after_a_refusal(
+    smtp: &SmtpServer,
+    stage: Stage,
+    conn: &mut diesel_async::AsyncPgConnection,
+) {
+    let settled = "SELECT (SELECT count(*) FROM outbox WHERE lease_token IS NULL)
+                        + (SELECT count(*) FROM outbox_dead) AS n";
+    wait::until("every message to be tried and settled", WAIT, async || {
+        let tried = smtp.attempts_at(stage) > 0;
+        (tried && count(conn, settled).await == 5).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_5xx_after_the_message_data_is_dead_lettered_at_once() {
+    let smtp = SmtpServer::start();
+    smtp.script_for(Stage::DataEnd, "spam1@example.com", Reply::Permanent(554));
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let _relay = start_relay(&db.url, &smtp.url(), &[]).await;
+
+    enqueue(&mut conn, "spam", 1).await;
+    let dead = wait::until("a dead letter", WAIT, || async {
+        dead_letters(&mut db.connect().await).await.pop()
+    })
+    .await;
+
+    assert!(dead.reason.contains("554"), "{dead:?}");
+    assert_eq!(dead.attempts, 1);
+    assert_eq!(smtp.attempts_at(Stage::DataEnd), 1, "no retry after a 5xx");
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM outbox").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn with_a_dev_mail_dir_emails_are_written_as_files_and_the_link_is_logged() {
     let db = TestDb::create().await;
     let mut conn = db.connect().await;
     let dir = std::env::temp_dir().join(format!("relay-mail-{}", uuid::Uuid::new_v4().simple()));
-    let dir_text = dir.display().to_string();
-    let mut relay = start_relay(
-        &db.url,
-        "",
-        &[("RELAY_MAIL_DIR", dir_text.as_str()), ("EMAIL_FROM", "")],
-    )
-    .await;
+    let mut relay = relay::start_writing_files(&db.url, &dir, &[("EMAIL_FROM", "")]).await;
 
     enqueue(&mut conn, "file", 1).await;
     let line = relay.wait_for_line("email written to a file", WAIT).await;
     outbox::drained(&mut conn, WAIT).await;
 
     let path = process::field(&line, "path").expect("the log names the file");
+    assert!(path.starts_with(dir.to_str().expect("UTF-8")), "{path}");
     let email = std::fs::read_to_string(path).expect("the .eml file exists");
     assert!(email.contains("file1@example.com") && email.contains("multipart/alternative"));
     assert!(
@@ -511,6 +729,94 @@ async fn without_smtp_url_emails_are_written_as_files_and_the_link_is_logged() {
         relay.output()
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn without_smtp_url_or_a_dev_mail_dir_the_relay_refuses_to_start_and_leaves_the_outbox_alone()
+{
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    enqueue(&mut conn, "unsent", 3).await;
+
+    let exited = relay::run_until_exit(&[("DATABASE_URL", &db.url)], Duration::from_secs(20)).await;
+
+    let left = count(&mut conn, "SELECT count(*) AS n FROM outbox").await;
+    assert_eq!(
+        left,
+        3,
+        "the relay consumed {} of 3 queued messages",
+        3 - left
+    );
+    let output = exited.expect("the relay exits by itself");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SMTP_URL") && stderr.contains("RELAY_DEV_MAIL_DIR"),
+        "the error names both ways to deliver:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_smtp_url_and_a_dev_mail_dir_together_are_refused() {
+    let printed = refused_start(&smtp_settings(&[
+        ("SMTP_URL", "smtp://127.0.0.1:2525"),
+        ("RELAY_DEV_MAIL_DIR", "/tmp/never-written"),
+    ]))
+    .await;
+
+    assert!(
+        printed.contains("SMTP_URL") && printed.contains("RELAY_DEV_MAIL_DIR"),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn with_smtp_the_link_templates_are_required_and_must_be_https() {
+    let smtp_url = ("SMTP_URL", "smtp://127.0.0.1:2525");
+    let http_verify = (
+        "VERIFY_URL_TEMPLATE",
+        "http://app.example.com/verify?token={token}",
+    );
+    let cases = [
+        (
+            vec![smtp_url, ("VERIFY_URL_TEMPLATE", "")],
+            "VERIFY_URL_TEMPLATE",
+        ),
+        (
+            vec![smtp_url, ("RESET_URL_TEMPLATE", "")],
+            "RESET_URL_TEMPLATE",
+        ),
+        (vec![smtp_url, http_verify], "RELAY_ALLOW_HTTP_LINKS"),
+    ];
+    for (overrides, named) in cases {
+        let printed = refused_start(&smtp_settings(&overrides)).await;
+
+        assert!(printed.contains(named), "{overrides:?}: {printed}");
+    }
+}
+
+#[tokio::test]
+async fn http_links_are_sent_over_smtp_only_when_explicitly_allowed() {
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let settings = [
+        (
+            "VERIFY_URL_TEMPLATE",
+            "http://localhost:3000/verify?token={token}",
+        ),
+        ("RELAY_ALLOW_HTTP_LINKS", "true"),
+    ];
+    let _relay = start_relay(&db.url, &smtp.url(), &settings).await;
+
+    enqueue(&mut conn, "http", 1).await;
+    let mail = smtp.wait_for_message_to("http1@example.com", WAIT).await;
+
+    assert!(
+        text_body(&mail).contains("http://localhost:3000/verify?token=token-http1"),
+        "{}",
+        text_body(&mail)
+    );
 }
 
 #[test]

@@ -84,7 +84,12 @@ async fn the_relay_is_not_ready_while_sending_is_paused_but_stays_alive() {
     smtp.reply_to("paused1@example.com", Reply::Permanent(530));
     let db = TestDb::create().await;
     let mut conn = db.connect().await;
-    let mut relay = relay::start(&db.url, &smtp.url(), &[("RELAY_AUTH_PAUSE_SECS", "3600")]).await;
+    let mut relay = relay::start(
+        &db.url,
+        &smtp.url(),
+        &[("RELAY_REFUSED_PAUSE_SECS", "3600")],
+    )
+    .await;
     let mut client = health(&relay::health_addr(&relay)).await;
     wait_for(&mut client, "readiness", ServingStatus::Serving).await;
 

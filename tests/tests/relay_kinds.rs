@@ -18,9 +18,8 @@ use time::OffsetDateTime;
 const WAIT: Duration = Duration::from_secs(60);
 const RESET_URL: &str = "https://app.example.com/reset-password?token=";
 
-/// Starts `outbox-relay serve` on `db` sending to `smtp_url` (empty: no SMTP, files), with a
-/// quick polling fallback; `extra` overrides any setting.
-/// The shared test relay, with the reset links this file expects.
+/// The shared test relay sending to `smtp_url`, with the reset links this file expects;
+/// `extra` overrides any setting.
 async fn start_relay(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Process {
     let mut settings = vec![(
         "RESET_URL_TEMPLATE",
@@ -206,15 +205,20 @@ async fn malformed_or_expired_reset_payloads_are_dead_lettered_without_their_tok
 }
 
 #[tokio::test]
-async fn without_smtp_url_the_reset_email_is_written_to_a_file_and_its_link_logged() {
+async fn with_a_dev_mail_dir_the_reset_email_is_written_to_a_file_and_its_link_logged() {
     let db = TestDb::create().await;
     let mut conn = db.connect().await;
     let dir = std::env::temp_dir().join(format!("relay-mail-{}", uuid::Uuid::new_v4().simple()));
-    let dir_text = dir.display().to_string();
-    let mut relay = start_relay(
+    let mut relay = identity_tests::relay::start_writing_files(
         &db.url,
-        "",
-        &[("RELAY_MAIL_DIR", dir_text.as_str()), ("EMAIL_FROM", "")],
+        &dir,
+        &[
+            (
+                "RESET_URL_TEMPLATE",
+                "https://app.example.com/reset-password?token={token}",
+            ),
+            ("EMAIL_FROM", ""),
+        ],
     )
     .await;
 

@@ -63,6 +63,14 @@ async fn a_lease_too_short_to_cover_one_delivery_is_refused_at_start_up() {
         ("DATABASE_URL", db.url.as_str()),
         ("SMTP_URL", &smtp.url()),
         ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
+        (
+            "VERIFY_URL_TEMPLATE",
+            "https://app.example.com/verify?token={token}",
+        ),
+        (
+            "RESET_URL_TEMPLATE",
+            "https://app.example.com/reset?token={token}",
+        ),
         ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
         ("RELAY_LEASE_SECS", "15"),
         ("RELAY_SMTP_TIMEOUT_SECS", "10"),

@@ -1,40 +1,84 @@
-//! The test SMTP server (`identity_tests::smtp`), driven by a raw SMTP dialogue over TCP.
+//! The test SMTP server (`identity_tests::smtp`), driven by a raw SMTP dialogue over TCP (and
+//! TLS).
 
-use std::time::Duration;
+mod support;
 
-use identity_tests::smtp::{Reply, SmtpServer};
+use std::{sync::Arc, time::Duration};
+
+use identity_tests::smtp::{Reply, SmtpServer, Stage};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use support::TestCa;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf},
+    net::TcpStream,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// A byte stream a client speaks SMTP over: TCP or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
 /// A hand-driven SMTP client: one command, one (possibly multi-line) reply.
 struct Client {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Box<dyn Stream>>>,
+    writer: WriteHalf<Box<dyn Stream>>,
 }
 
 impl Client {
     /// Connects, checks the 220 greeting and says EHLO; returns the EHLO reply's text too.
     async fn connect(port: u16) -> (Self, String) {
+        Self::open(port).await.hello().await
+    }
+
+    /// Connects over TLS trusting `ca`, checks the greeting and says EHLO.
+    async fn connect_tls(port: u16, ca: &TestCa) -> (Self, String) {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca.ca_file()).expect("the CA file") {
+            roots
+                .add(cert.expect("a CA certificate"))
+                .expect("a usable CA");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the SMTP server");
+        let name = ServerName::try_from("127.0.0.1").expect("an IP address name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("a TLS handshake with a certificate the CA signed");
+        Self::wrap(Box::new(tls)).hello().await
+    }
+
+    /// Connects over TCP and reads nothing yet.
+    async fn open(port: u16) -> Self {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to the SMTP server");
-        let (reader, writer) = stream.into_split();
-        let mut client = Self {
+        Self::wrap(Box::new(stream))
+    }
+
+    fn wrap(stream: Box<dyn Stream>) -> Self {
+        let (reader, writer) = tokio::io::split(stream);
+        Self {
             reader: BufReader::new(reader),
             writer,
-        };
-        let (code, _) = client.read_reply().await;
+        }
+    }
+
+    async fn hello(mut self) -> (Self, String) {
+        let (code, _) = self.read_reply().await;
         assert_eq!(code, 220, "greeting");
-        let (code, ehlo) = client.command("EHLO client.test").await;
+        let (code, ehlo) = self.command("EHLO client.test").await;
         assert_eq!(code, 250, "EHLO: {ehlo}");
-        (client, ehlo)
+        (self, ehlo)
     }
 
     /// Sends `line` and returns the reply's code and its lines joined with newlines.
@@ -343,4 +387,115 @@ async fn a_sink_counts_and_timestamps_messages_without_their_data() {
 async fn waiting_for_messages_that_never_come_panics_at_the_deadline() {
     let server = SmtpServer::start();
     server.wait_for_messages(1, Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn a_refusing_greeting_is_followed_by_503_until_quit_and_can_be_lifted() {
+    let server = SmtpServer::start();
+    server.script(Stage::Greeting, Reply::Permanent(554));
+
+    let mut refused = Client::open(server.port()).await;
+    let (greeting, _) = refused.read_reply().await;
+    let ehlo = refused.command("EHLO client.test").await.0;
+    let mail = refused.command("MAIL FROM:<a@id.test>").await.0;
+    refused.quit().await;
+    server.script(Stage::Greeting, Reply::Accept);
+    let (client, _) = Client::connect(server.port()).await;
+    client.quit().await;
+
+    assert_eq!((greeting, ehlo, mail), (554, 503, 503));
+    assert_eq!(server.attempts_at(Stage::Greeting), 2);
+    assert_eq!(
+        server.attempts_at(Stage::Ehlo),
+        1,
+        "only the accepted session's"
+    );
+}
+
+#[tokio::test]
+async fn ehlo_and_mail_from_answer_as_scripted_and_the_script_changes_mid_session() {
+    let server = SmtpServer::start();
+    server.script(Stage::Ehlo, Reply::Permanent(550));
+    server.script(Stage::MailFrom, Reply::Permanent(550));
+
+    let mut client = Client::open(server.port()).await;
+    assert_eq!(client.read_reply().await.0, 220);
+    let refused_ehlo = client.command("EHLO client.test").await.0;
+    server.script(Stage::Ehlo, Reply::Accept);
+    let accepted_ehlo = client.command("EHLO client.test").await.0;
+    let refused_mail = client.command("MAIL FROM:<a@id.test>").await.0;
+    server.script(Stage::MailFrom, Reply::Accept);
+    let sent = client.send("a@id.test", &["b@example.com"], "x").await;
+    client.quit().await;
+
+    assert_eq!((refused_ehlo, accepted_ehlo, refused_mail), (550, 250, 550));
+    assert_eq!(sent, (vec![250], 250));
+    assert_eq!(server.attempts_at(Stage::MailFrom), 2);
+    assert_eq!(server.wait_for_messages(1, WAIT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_end_of_the_data_is_refused_per_recipient_and_a_refused_message_is_not_recorded() {
+    let server = SmtpServer::start();
+    server.script_for(Stage::DataEnd, "Spam@Example.com", Reply::Permanent(554));
+
+    let (mut client, _) = Client::connect(server.port()).await;
+    let refused = client.send("a@id.test", &["spam@example.com"], "x").await;
+    let accepted = client.send("a@id.test", &["ham@example.com"], "x").await;
+    client.quit().await;
+
+    assert_eq!(refused, (vec![250], 554), "RCPT accepted, the data refused");
+    assert_eq!(accepted, (vec![250], 250));
+    let messages = server.wait_for_messages(1, WAIT).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].to, ["ham@example.com"]);
+    assert_eq!(server.attempts_at(Stage::DataEnd), 2);
+}
+
+#[tokio::test]
+async fn the_data_command_itself_can_be_refused() {
+    let server = SmtpServer::start();
+    server.script(Stage::Data, Reply::Permanent(554));
+
+    let (mut client, _) = Client::connect(server.port()).await;
+    let sent = client.send("a@id.test", &["b@example.com"], "x").await;
+    client.quit().await;
+
+    assert_eq!(sent, (vec![250], 554));
+    assert_eq!(server.message_count(), 0);
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_with_421_and_counted() {
+    let server = SmtpServer::start();
+    server.close_idle_sessions_after(Duration::from_millis(100));
+
+    let (mut client, _) = Client::connect(server.port()).await;
+    let (code, text) = client.read_reply().await;
+
+    assert_eq!(code, 421, "{text}");
+    assert!(client.is_closed().await);
+    assert_eq!(server.idle_closures(), 1);
+}
+
+#[tokio::test]
+async fn over_implicit_tls_a_client_trusting_the_test_ca_authenticates_and_sends() {
+    let ca = TestCa::new();
+    let server = SmtpServer::start_tls(&ca.identity);
+    server.require_auth("relay", "s3cret");
+
+    let (mut client, ehlo) = Client::connect_tls(server.port(), &ca).await;
+    let plain = client.command("AUTH PLAIN AHJlbGF5AHMzY3JldA==").await.0; // "\0relay\0s3cret"
+    let sent = client.send("a@id.test", &["tls@example.com"], "x").await;
+    client.quit().await;
+
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!((plain, sent), (235, (vec![250], 250)));
+    let message = server.wait_for_message_to("tls@example.com", WAIT).await;
+    assert_eq!(message.authenticated_as.as_deref(), Some("relay"));
+    assert_eq!(
+        server.url_with_credentials("relay", "s3cret"),
+        format!("smtps://relay:s3cret@127.0.0.1:{}", server.port())
+    );
 }

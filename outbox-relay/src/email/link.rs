@@ -2,10 +2,16 @@
 
 use std::str::FromStr;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use url::Url;
+
 /// A link template such as `https://app.example.com/verify?token={token}`: an http(s) URL
 /// containing the [`LinkTemplate::TOKEN_PLACEHOLDER`]. Parsed once, at startup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkTemplate(String);
+pub struct LinkTemplate {
+    raw: String,
+    https: bool,
+}
 
 /// Why a link template was refused: a configuration mistake, to report at startup.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +24,13 @@ pub enum LinkTemplateError {
     NotHttpUrl,
 }
 
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a token.
+const TOKEN_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 impl LinkTemplate {
     /// The placeholder replaced by the (percent-encoded) token.
     pub const TOKEN_PLACEHOLDER: &'static str = "{token}";
@@ -28,17 +41,27 @@ impl LinkTemplate {
         if !raw.contains(Self::TOKEN_PLACEHOLDER) {
             return Err(LinkTemplateError::MissingTokenPlaceholder);
         }
-        let scheme = raw.split_once("://").map_or("", |(scheme, _)| scheme);
-        if !(scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http")) {
+        // As it will be once a (URL-safe) token is in it.
+        let url = Url::parse(&raw.replace(Self::TOKEN_PLACEHOLDER, "token"))
+            .map_err(|_| LinkTemplateError::NotHttpUrl)?;
+        if !matches!(url.scheme(), "https" | "http") || !url.has_host() {
             return Err(LinkTemplateError::NotHttpUrl);
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self {
+            raw: raw.to_owned(),
+            https: url.scheme() == "https",
+        })
+    }
+
+    /// Whether the link is `https` (only that is sent over SMTP unless http is allowed).
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     /// The link for `token`, percent-encoded so that no token can break out of the URL.
     pub(super) fn with_token(&self, token: &str) -> String {
-        self.0
-            .replace(Self::TOKEN_PLACEHOLDER, &percent_encode(token))
+        let token = utf8_percent_encode(token, TOKEN_ESCAPES).to_string();
+        self.raw.replace(Self::TOKEN_PLACEHOLDER, &token)
     }
 }
 
@@ -52,21 +75,8 @@ impl FromStr for LinkTemplate {
 
 impl AsRef<str> for LinkTemplate {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.raw
     }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters. Tokens are base64url, which
-/// passes through unchanged.
-fn percent_encode(raw: &str) -> String {
-    raw.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(byte).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -102,7 +112,13 @@ mod tests {
                 "{raw:?}"
             );
         }
-        assert!(LinkTemplate::parse("HTTP://localhost:8080/v/{token}").is_ok());
+        let http = LinkTemplate::parse("HTTP://localhost:8080/v/{token}").expect("valid");
+        assert!(!http.is_https());
+        assert!(
+            LinkTemplate::parse("https://x.example/{token}")
+                .expect("valid")
+                .is_https()
+        );
         assert_eq!(
             " https://x.example/{token}\n"
                 .parse::<LinkTemplate>()

@@ -1,9 +1,21 @@
-//! Where emails go: an SMTP server over pooled connections ([`smtp`]), or, for development, a
-//! folder of `.eml` files. Failures are sorted by what the relay should do about them.
+//! Where emails go: an SMTP server over pooled sessions, or, when asked for explicitly in
+//! development, a folder of `.eml` files. Failures are sorted by what the relay should do about
+//! them ([`SendError`]).
+//!
+//! - `target`: `SMTP_URL` parsed; credentials only over TLS.
+//! - `connect`: opening a session (TCP_NODELAY, TLS with optional private CAs, EHLO, AUTH).
+//! - `pool`: pooled sessions, probed before reuse when they were idle.
+//! - `dialogue`: MAIL, RCPT, DATA driven stage by stage, and what a failure at each means.
 
-mod smtp;
+mod connect;
+mod dialogue;
+mod pool;
+mod target;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use deadpool::managed::{Object, PoolError};
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
@@ -11,9 +23,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// A configured way to send.
 pub enum Mailer {
-    /// An SMTP server; connections are pooled and reused.
-    Smtp { pool: smtp::Pool, timeout: Duration },
-    /// One `.eml` file per email in `dir`.
+    /// An SMTP server; sessions are pooled and reused.
+    Smtp { pool: pool::Pool, timeout: Duration },
+    /// Development only: one `.eml` file per email in `dir`.
     Files {
         transport: AsyncFileTransport<Tokio1Executor>,
         dir: PathBuf,
@@ -23,11 +35,26 @@ pub enum Mailer {
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            // The transport holds the SMTP credentials: print nothing of it.
+            // The pool holds the SMTP credentials: print nothing of it.
             Self::Smtp { .. } => f.write_str("Mailer::Smtp"),
             Self::Files { dir, .. } => f.debug_struct("Mailer::Files").field("dir", dir).finish(),
         }
     }
+}
+
+/// How to reach the SMTP server, from the relay's settings.
+#[derive(Debug)]
+pub struct SmtpSettings<'a> {
+    /// `SMTP_URL` in lettre's form.
+    pub url: &'a SecretString,
+    /// PEM CA certificates trusted besides the public web PKI roots.
+    pub ca_file: Option<&'a Path>,
+    /// Sessions at most, which is also how many emails are sent at once.
+    pub connections: usize,
+    /// Bounds opening a session, and sending one email.
+    pub timeout: Duration,
+    /// A pooled session unused for longer is closed rather than reused.
+    pub idle_limit: Duration,
 }
 
 /// Where an accepted email went.
@@ -42,28 +69,31 @@ pub enum Sent {
 /// Why an email was not accepted, sorted by what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying later: connection and TLS failures, timeouts, 4xx replies.
+    /// Worth retrying later: connection failures, timeouts, 4xx replies.
     #[error("transient: {0}")]
     Transient(String),
-    /// Will never succeed: 5xx replies. The message is dead-lettered.
+    /// This message will never be accepted: a 5xx to `RCPT TO` or to its data. It is
+    /// dead-lettered.
     #[error("permanent: {0}")]
     Permanent(String),
-    /// The server rejected our credentials (535 and kin): the fault is ours, not the message's,
-    /// so sending pauses and no attempt is counted.
-    #[error("authentication failed: {0}")]
-    Authentication(String),
+    /// The server refused *us*, not the message: a 5xx to the greeting, EHLO, STARTTLS, AUTH,
+    /// `MAIL FROM` or the `DATA` command, or a TLS certificate it presents that we do not
+    /// trust. The fault is in our configuration, sender or reputation, and would fail every
+    /// message alike: sending pauses and no attempt is counted. The text names the stage.
+    #[error("{0}")]
+    ChannelRefused(String),
 }
 
 impl Mailer {
-    /// An SMTP mailer for `url` in lettre's form (`smtps://user:pass@host`,
-    /// `smtp://host:port?tls=required`, or `smtp://host:port` for plain text), with up to
-    /// `connections` pooled connections.
-    pub fn smtp(url: &SecretString, connections: usize, timeout: Duration) -> anyhow::Result<Self> {
-        let target = smtp::Target::parse(url.expose_secret(), timeout)
+    /// An SMTP mailer as `settings` say. Fails at start-up on a bad URL (credentials without
+    /// TLS among them) or an unusable CA file; never echoes the URL.
+    pub fn smtp(settings: SmtpSettings<'_>) -> anyhow::Result<Self> {
+        let target = target::Target::parse(settings.url.expose_secret())
             .map_err(|e| anyhow::anyhow!("SMTP_URL: {e}"))?;
+        let connector = connect::Connector::new(target, settings.ca_file, settings.timeout)?;
         Ok(Self::Smtp {
-            pool: smtp::pool(target, connections)?,
-            timeout,
+            pool: pool::pool(connector, settings.connections, settings.idle_limit)?,
+            timeout: settings.timeout,
         })
     }
 
@@ -82,17 +112,18 @@ impl Mailer {
         match self {
             Self::Smtp { pool, timeout } => {
                 let mut conn = pool.get().await.map_err(|e| match e {
-                    PoolError::Backend(e) => classify_connect(e),
-                    other => SendError::Transient(format!("no SMTP connection: {other}")),
+                    PoolError::Backend(e) => e,
+                    other => SendError::Transient(format!("no SMTP session: {other}")),
                 })?;
                 let bytes = message.formatted();
-                match tokio::time::timeout(*timeout, conn.send(message.envelope(), &bytes)).await {
-                    Ok(Ok(_)) => Ok(Sent::Smtp),
+                let sent = dialogue::send(&mut conn, message.envelope(), &bytes);
+                match tokio::time::timeout(*timeout, sent).await {
+                    Ok(Ok(())) => Ok(Sent::Smtp),
                     // After a refusal or a timeout the session's state is unknown: close it
                     // rather than return it to the pool.
                     Ok(Err(e)) => {
                         drop(Object::take(conn));
-                        Err(classify(e))
+                        Err(e)
                     }
                     Err(_) => {
                         drop(Object::take(conn));
@@ -110,29 +141,5 @@ impl Mailer {
                 Ok(Sent::File(dir.join(format!("{id}.eml"))))
             }
         }
-    }
-}
-
-/// SMTP reply codes that mean our credentials were refused.
-const AUTHENTICATION_CODES: [u16; 3] = [530, 534, 535];
-
-fn classify_connect(error: smtp::ConnectError) -> SendError {
-    match error {
-        smtp::ConnectError::Smtp(e) => classify(e),
-        other => SendError::Transient(other.to_string()),
-    }
-}
-
-fn classify(error: lettre::transport::smtp::Error) -> SendError {
-    let code = error.status().map(u16::from);
-    let text = error.to_string();
-    match code {
-        Some(code) if AUTHENTICATION_CODES.contains(&code) => SendError::Authentication(text),
-        Some(code) if (500..600).contains(&code) => SendError::Permanent(text),
-        Some(_) => SendError::Transient(text),
-        // No reply code: the connection, TLS or a timeout failed; try again later. A client
-        // error (we built something the protocol cannot carry) will not get better.
-        None if error.is_client() => SendError::Permanent(text),
-        None => SendError::Transient(text),
     }
 }

@@ -1,4 +1,4 @@
-//! Development only (no SMTP_URL): the log line that shows where an email file is, and the
+//! Development only (RELAY_DEV_MAIL_DIR): the log line that shows where an email file is, and the
 //! link (and code) in it, so that a developer can follow it. With SMTP, tokens and codes are
 //! never logged.
 

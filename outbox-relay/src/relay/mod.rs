@@ -52,8 +52,8 @@ pub struct RelayConfig {
     /// Longest wait between two looks at the outbox when no notification comes.
     pub poll_interval: Duration,
     pub retry: RetryPolicy,
-    /// How long sending pauses after the SMTP server refused our credentials.
-    pub auth_pause: Duration,
+    /// How long sending pauses after the SMTP server refused us (not a message).
+    pub refused_pause: Duration,
     /// How long in-flight sends may take to finish at shutdown.
     pub shutdown_grace: Duration,
 }

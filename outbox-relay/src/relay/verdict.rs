@@ -34,7 +34,7 @@ impl From<SendError> for Verdict {
                 reason: e,
                 tried: true,
             },
-            SendError::Authentication(e) => Self::Paused(e),
+            SendError::ChannelRefused(e) => Self::Paused(e),
         }
     }
 }
@@ -72,7 +72,7 @@ impl Relay {
                         tracing::info!(message.id = %id, kind = %message.kind, failed_attempts = message.attempts, waited_ms = waited.whole_milliseconds(), "email accepted by the SMTP server")
                     }
                     Sent::File(path) => {
-                        tracing::info!(message.id = %id, kind = %message.kind, path = %path.display(), "email written to a file (no SMTP_URL)")
+                        tracing::info!(message.id = %id, kind = %message.kind, path = %path.display(), "email written to a file (development mode)")
                     }
                 }
                 store::complete(conn, id, token).await?
@@ -94,11 +94,11 @@ impl Relay {
                 store::dead_letter(conn, id, token, i32::from(tried), &reason).await?
             }
             Verdict::Paused(error) => {
-                let pause = self.config.auth_pause;
-                tracing::error!(error.message = %error, pause = ?pause, "the SMTP server refused our credentials; pausing delivery (check SMTP_URL)");
+                let pause = self.config.refused_pause;
+                tracing::error!(error.message = %error, pause = ?pause, "the SMTP server refused us, not the message; pausing delivery (check SMTP_URL, EMAIL_FROM and the provider account)");
                 self.pause_for(pause);
                 // The pause is this relay's, not the message's: a relay with the right
-                // credentials (another replica, or this one restarted) may send it now.
+                // configuration (another replica, or this one restarted) may send it now.
                 store::put_back(conn, id, token, Duration::ZERO).await?
             }
             Verdict::PutBack(delay) => store::put_back(conn, id, token, delay).await?,

@@ -37,6 +37,14 @@ async fn start_relay(db_url: &str, smtp_url: &str) -> Process {
             ("EMAIL_FROM", "Bench <bench@example.com>"),
             // Several relays run side by side: each picks a free port for its health service.
             ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
+            (
+                "VERIFY_URL_TEMPLATE",
+                "https://app.example.com/verify?token={token}",
+            ),
+            (
+                "RESET_URL_TEMPLATE",
+                "https://app.example.com/reset?token={token}",
+            ),
             ("RUST_LOG", "info"),
         ],
     );
