@@ -14,6 +14,24 @@ use crate::{
 /// What the relay logs for each email the SMTP server accepted from it.
 pub const DELIVERED: &str = "email accepted by the SMTP server";
 
+/// What a relay needs to get as far as its database (SMTP to a closed port, a sender, https
+/// links), for tests of its start-up and its database connection.
+pub fn configured_env(database_url: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("DATABASE_URL", database_url),
+        ("SMTP_URL", "smtp://127.0.0.1:1"),
+        ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
+        (
+            "VERIFY_URL_TEMPLATE",
+            "https://app.example.com/verify?token={token}",
+        ),
+        (
+            "RESET_URL_TEMPLATE",
+            "https://app.example.com/reset?token={token}",
+        ),
+    ]
+}
+
 /// Starts the built relay on `db_url` sending to `smtp_url`, with quick retries, a short lease
 /// (which a short SMTP timeout lets it have) and its health service on a free port; `extra`
 /// overrides any setting, and an empty value unsets it.

@@ -16,6 +16,31 @@ use crate::{
     process::{self, Process},
 };
 
+/// A valid password that no policy objects to; every test sign-up uses it.
+pub const PASSWORD: &str = "tangerine-kettle-orbit-42";
+
+/// A sign-up of `email` with valid other fields.
+pub fn register_request(email: &str) -> RegisterRequest {
+    RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        display_name: "Ada Lovelace".into(),
+        locale: "en-GB".into(),
+    }
+}
+
+/// A directory holding one signing key made by `identity-server keygen`, named after `db`.
+pub fn keygen_for(db: &TestDb) -> std::path::PathBuf {
+    let keys_dir = std::env::temp_dir().join(format!("identity-keys-{}", db.name));
+    let keygen = process::run(
+        "identity-server",
+        &["keygen"],
+        &[("IDENTITY_KEYS_DIR", &keys_dir.display().to_string())],
+    );
+    assert!(keygen.status.success(), "keygen failed: {keygen:?}");
+    keys_dir
+}
+
 /// The code MAC key every test server uses.
 pub const CODE_KEY: &str = "e2e-code-key-0123456789abcdef0123456789";
 
@@ -43,14 +68,8 @@ impl Server {
             &[("DATABASE_URL", &db.url)],
         );
         assert!(migrate.status.success(), "migrate failed: {migrate:?}");
-        let keys_dir = std::env::temp_dir().join(format!("identity-keys-{}", db.name));
+        let keys_dir = keygen_for(&db);
         let keys = keys_dir.display().to_string();
-        let keygen = process::run(
-            "identity-server",
-            &["keygen"],
-            &[("IDENTITY_KEYS_DIR", &keys)],
-        );
-        assert!(keygen.status.success(), "keygen failed: {keygen:?}");
 
         let mut env = vec![
             ("DATABASE_URL", db.url.as_str()),
@@ -92,12 +111,7 @@ impl Server {
     pub async fn register(&self, email: &str) {
         self.registration()
             .await
-            .register(RegisterRequest {
-                email: email.into(),
-                password: "tangerine-kettle-orbit-42".into(),
-                display_name: "Ada Lovelace".into(),
-                locale: "en-GB".into(),
-            })
+            .register(register_request(email))
             .await
             .unwrap_or_else(|e| panic!("registering {email} failed: {e:?}"));
     }

@@ -8,12 +8,12 @@ use diesel::{
     sql_types::{BigInt, Text},
 };
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use identity_proto::identity::v1 as pb;
 use identity_tests::{
     outbox::count,
     pg::TestDb,
     process::{self, Process},
-    server::{CODE_KEY, Server},
+    relay,
+    server::{CODE_KEY, Server, keygen_for, register_request},
     wait,
 };
 use tonic::Code;
@@ -21,15 +21,6 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tonic_types::StatusExt;
-
-fn register_request(email: &str) -> pb::RegisterRequest {
-    pb::RegisterRequest {
-        email: email.into(),
-        password: "tangerine-kettle-orbit-42".into(),
-        display_name: "Ada Lovelace".into(),
-        locale: "en-GB".into(),
-    }
-}
 
 #[derive(QueryableByName)]
 struct Count {
@@ -94,14 +85,7 @@ async fn register_behind_a_stuck_table_lock_answers_unavailable_with_retry_info_
 #[tokio::test]
 async fn three_replicas_started_at_once_with_serve_migrate_on_an_empty_database_all_serve() {
     let db = TestDb::create_empty().await;
-    let keys = std::env::temp_dir().join(format!("identity-keys-{}", db.name));
-    let keys = keys.display().to_string();
-    let keygen = process::run(
-        "identity-server",
-        &["keygen"],
-        &[("IDENTITY_KEYS_DIR", &keys)],
-    );
-    assert!(keygen.status.success(), "keygen failed: {keygen:?}");
+    let keys = keygen_for(&db).display().to_string();
     let env = [
         ("DATABASE_URL", db.url.as_str()),
         ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
@@ -196,25 +180,12 @@ fn a_lock_timeout_above_the_statement_timeout_is_refused_at_start_up() {
             ("IDENTITY_DB_LOCK_TIMEOUT_MS", "3000"),
         ],
     );
-    let relay = process::run(
-        "outbox-relay",
-        &["serve"],
-        &[
-            ("DATABASE_URL", "postgres://127.0.0.1:1/identity"),
-            ("SMTP_URL", "smtp://127.0.0.1:1"),
-            ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
-            (
-                "VERIFY_URL_TEMPLATE",
-                "https://app.example.com/verify?token={token}",
-            ),
-            (
-                "RESET_URL_TEMPLATE",
-                "https://app.example.com/reset?token={token}",
-            ),
-            ("RELAY_DB_STATEMENT_TIMEOUT_MS", "1000"),
-            ("RELAY_DB_LOCK_TIMEOUT_MS", "3000"),
-        ],
-    );
+    let mut relay_env = relay::configured_env("postgres://127.0.0.1:1/identity");
+    relay_env.extend([
+        ("RELAY_DB_STATEMENT_TIMEOUT_MS", "1000"),
+        ("RELAY_DB_LOCK_TIMEOUT_MS", "3000"),
+    ]);
+    let relay = process::run("outbox-relay", &["serve"], &relay_env);
 
     for (name, output) in [("identity-server", server), ("outbox-relay", relay)] {
         let log = String::from_utf8_lossy(&output.stderr);

@@ -2,21 +2,15 @@
 //! free port), called over gRPC, gRPC-Web and the standard health and reflection protocols.
 
 use identity_proto::identity::v1 as pb;
-use identity_tests::{pg::TestDb, process, server::Server};
+use identity_tests::{
+    pg::TestDb,
+    process,
+    server::{Server, keygen_for, register_request},
+};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const PASSWORD: &str = "tangerine-kettle-orbit-42";
 const CODE_KEY: &str = identity_tests::server::CODE_KEY;
-
-fn register_request(email: &str) -> pb::RegisterRequest {
-    pb::RegisterRequest {
-        email: email.into(),
-        password: PASSWORD.into(),
-        display_name: "Ada Lovelace".into(),
-        locale: "en-GB".into(),
-    }
-}
 
 /// Lists services over one version of the reflection protocol. The two versions' generated
 /// types are distinct but shaped alike, hence a macro rather than a function.
@@ -114,14 +108,7 @@ async fn the_built_server_migrates_serves_health_reflection_and_signs_a_user_up(
 #[tokio::test]
 async fn serve_refuses_to_start_while_migrations_are_pending() {
     let db = TestDb::create_empty().await;
-    let keys = std::env::temp_dir().join(format!("identity-keys-{}", db.name));
-    let keys = keys.display().to_string();
-    let keygen = process::run(
-        "identity-server",
-        &["keygen"],
-        &[("IDENTITY_KEYS_DIR", &keys)],
-    );
-    assert!(keygen.status.success(), "keygen failed: {keygen:?}");
+    let keys = keygen_for(&db).display().to_string();
 
     let output = process::run(
         "identity-server",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use identity_proto::identity::v1 as pb;
 use identity_tests::{
     pg::{Cluster, TestDb},
-    server::Server,
+    server::{Server, register_request},
     wait,
 };
 use tonic::transport::Channel;
@@ -41,15 +41,6 @@ async fn wait_for_health(channel: &Channel, service: &str, wanted: ServingStatus
         },
     )
     .await;
-}
-
-fn register_request(email: &str) -> pb::RegisterRequest {
-    pb::RegisterRequest {
-        email: email.into(),
-        password: "tangerine-kettle-orbit-42".into(),
-        display_name: "Ada Lovelace".into(),
-        locale: "en".into(),
-    }
 }
 
 #[tokio::test]

@@ -7,24 +7,18 @@
 use std::time::Duration;
 
 use identity_proto::identity::v1 as pb;
-use identity_tests::{pg::TestDb, process, server::Server};
+use identity_tests::{
+    pg::TestDb,
+    process,
+    server::{PASSWORD, Server, register_request},
+};
 
-const PASSWORD: &str = "tangerine-kettle-orbit-42";
 const CODE_KEY: &str = identity_tests::server::CODE_KEY;
 
 /// What production runs with.
 const PRODUCTION: &[(&str, &str)] = &[("IDENTITY_LOG_FORMAT", "json"), ("RUST_LOG", "info")];
 /// Everything, in the readable format.
 const DEBUG: &[(&str, &str)] = &[("IDENTITY_LOG_FORMAT", "text"), ("RUST_LOG", "debug")];
-
-fn register_request(email: &str) -> pb::RegisterRequest {
-    pb::RegisterRequest {
-        email: email.into(),
-        password: PASSWORD.into(),
-        display_name: "Ada Lovelace".into(),
-        locale: "en-GB".into(),
-    }
-}
 
 /// A fresh empty database whose URL carries a password, and that password. The test clusters
 /// trust local connections, so a password added to the URL is sent and ignored: enough to see

@@ -2,82 +2,54 @@
 //! pg_hba.conf, as managed PostgreSQL services do), with a CA and server certificate the test
 //! makes. `sslmode` and `sslrootcert` in `DATABASE_URL` follow libpq.
 
-use std::{path::PathBuf, time::Duration};
+mod support;
+
+use std::{path::Path, time::Duration};
 
 use identity_tests::{
-    pg::{Cluster, ServerTls, TestDb, with_database},
+    pg::{Cluster, TestDb, with_database},
     process, relay,
     server::Server,
     smtp::SmtpServer,
 };
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use support::TestCa;
 
 /// Never needed (the test cluster trusts its users), so it must never be printed either.
 const PASSWORD: &str = "pg-password-never-printed";
-
-/// A certificate authority: its certificate in PEM and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().expect("a CA key");
-        let cert = params.self_signed(&key).expect("a CA certificate");
-        Self {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server certificate for `names` (DNS names or IP addresses), signed by this CA.
-    fn server(&self, names: &[&str]) -> ServerTls {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let params = CertificateParams::new(names).expect("server parameters");
-        let key = KeyPair::generate().expect("a server key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("a server certificate");
-        ServerTls {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
 
 /// A TLS-only cluster whose certificate `ca` signed for `names`, with an empty database, and
 /// the right and a wrong CA certificate as files.
 struct TlsDb {
     cluster: Cluster,
     db: TestDb,
-    ca_file: PathBuf,
-    wrong_ca_file: PathBuf,
-    _files: TempDir,
+    ca: TestCa,
+    wrong_ca: TestCa,
 }
 
 impl TlsDb {
     async fn start(names: &[&str]) -> Self {
-        let ca = Ca::new("identity test CA");
-        let cluster = Cluster::start_tls(&ca.server(names)).expect("a TLS-only PostgreSQL starts");
+        let ca = TestCa::new();
+        let cluster =
+            Cluster::start_tls(&ca.server_tls(names)).expect("a TLS-only PostgreSQL starts");
         let db = TestDb::create_empty_on(&cluster.socket_url())
             .await
             .expect("an empty database");
-        let files = TempDir::new();
-        let ca_file = files.write("ca.pem", &ca.pem);
-        let wrong_ca_file = files.write("wrong-ca.pem", &Ca::new("another CA").pem);
         Self {
             cluster,
             db,
-            ca_file,
-            wrong_ca_file,
-            _files: files,
+            ca,
+            wrong_ca: TestCa::new(),
         }
+    }
+
+    /// The CA that signed the server's certificate, as a PEM file.
+    fn ca_file(&self) -> &Path {
+        self.ca.ca_file()
+    }
+
+    /// Another CA's certificate, as a PEM file.
+    fn wrong_ca_file(&self) -> &Path {
+        self.wrong_ca.ca_file()
     }
 
     /// The database's URL over TCP, with a password, and `query` (e.g. "sslmode=require").
@@ -99,7 +71,7 @@ impl TlsDb {
     fn verify_full_url(&self) -> String {
         self.url(&format!(
             "sslmode=verify-full&sslrootcert={}",
-            self.ca_file.display()
+            self.ca_file().display()
         ))
     }
 
@@ -109,30 +81,6 @@ impl TlsDb {
             url,
             name: self.db.name.clone(),
         }
-    }
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("identity-tls-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("a written file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -165,7 +113,7 @@ async fn migrate_with_verify_full_and_the_right_ca_succeeds_on_a_tls_only_server
 #[tokio::test]
 async fn every_sslmode_that_allows_tls_reaches_a_tls_only_server() {
     let pg = TlsDb::start(&["localhost", "127.0.0.1"]).await;
-    let ca = pg.ca_file.display();
+    let ca = pg.ca_file().display();
 
     for query in [
         String::new(), // no sslmode: prefer, as libpq
@@ -191,7 +139,7 @@ async fn migrate_with_a_wrong_ca_fails_with_a_certificate_error_that_hides_the_p
     for mode in ["verify-full", "verify-ca", "require"] {
         let output = migrate(&pg.url(&format!(
             "sslmode={mode}&sslrootcert={}",
-            pg.wrong_ca_file.display()
+            pg.wrong_ca_file().display()
         )));
 
         let log = printed(&output);
@@ -219,7 +167,7 @@ async fn sslmode_disable_is_refused_by_a_tls_only_server() {
 #[tokio::test]
 async fn verify_ca_accepts_a_certificate_for_another_host_name_and_verify_full_refuses_it() {
     let pg = TlsDb::start(&["db.internal.example"]).await;
-    let ca = pg.ca_file.display();
+    let ca = pg.ca_file().display();
 
     let verify_ca = migrate(&pg.url(&format!("sslmode=verify-ca&sslrootcert={ca}")));
     let verify_full = migrate(&pg.url(&format!("sslmode=verify-full&sslrootcert={ca}")));
@@ -266,29 +214,12 @@ async fn the_relay_listens_and_delivers_over_verify_full() {
     assert!(!relay.output().contains(PASSWORD));
 }
 
-/// What a relay needs to get as far as its database, with SMTP and links configured.
-fn relay_env(database_url: &str) -> Vec<(&str, &str)> {
-    vec![
-        ("DATABASE_URL", database_url),
-        ("SMTP_URL", "smtp://127.0.0.1:1"),
-        ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
-        (
-            "VERIFY_URL_TEMPLATE",
-            "https://app.example.com/verify?token={token}",
-        ),
-        (
-            "RESET_URL_TEMPLATE",
-            "https://app.example.com/reset?token={token}",
-        ),
-    ]
-}
-
 #[test]
 fn an_unknown_sslmode_stops_both_binaries_with_the_accepted_values_and_no_password() {
     let url = format!("postgres://app:{PASSWORD}@127.0.0.1:1/identity?sslmode=verify_full");
 
     let server = migrate(&url);
-    let relay = process::run("outbox-relay", &["serve"], &relay_env(&url));
+    let relay = process::run("outbox-relay", &["serve"], &relay::configured_env(&url));
 
     for (name, output) in [("identity-server", server), ("outbox-relay", relay)] {
         let log = printed(&output);

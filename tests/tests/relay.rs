@@ -589,14 +589,28 @@ async fn a_pooled_connection_the_server_closed_while_idle_is_replaced_without_a_
 
 #[tokio::test]
 async fn a_server_refusing_our_sender_pauses_delivery_which_resumes_by_itself_losing_nothing() {
+    server_level_refusal_pauses_and_delivery_resumes(Stage::MailFrom, 550, "refused our sender")
+        .await;
+}
+
+#[tokio::test]
+async fn a_server_refusing_the_session_at_its_greeting_pauses_delivery_which_resumes_by_itself() {
+    server_level_refusal_pauses_and_delivery_resumes(Stage::Greeting, 554, "refused the session")
+        .await;
+}
+
+/// A server that answers `code` at `stage` refuses us, not the messages: 5 queued messages are
+/// neither dead-lettered nor charged an attempt, an ERROR line says what was refused (`said`),
+/// and once the server accepts again all 5 go out once, with no restart.
+async fn server_level_refusal_pauses_and_delivery_resumes(stage: Stage, code: u16, said: &str) {
     let smtp = SmtpServer::start();
-    smtp.script(Stage::MailFrom, Reply::Permanent(550));
+    smtp.script(stage, Reply::Permanent(code));
     let db = TestDb::create().await;
     let mut conn = db.connect().await;
-    let recipients = enqueue(&mut conn, "sender-refused", 5).await;
+    let recipients = enqueue(&mut conn, "refused", 5).await;
     let mut relay = start_relay(&db.url, &smtp.url(), &[("RELAY_REFUSED_PAUSE_SECS", "1")]).await;
 
-    settled_after_a_refusal(&smtp, Stage::MailFrom, &mut conn).await;
+    settled_after_a_refusal(&smtp, stage, &mut conn).await;
     let dead = dead_letters(&mut conn).await;
     assert!(
         dead.is_empty(),
@@ -612,11 +626,14 @@ async fn a_server_refusing_our_sender_pauses_delivery_which_resumes_by_itself_lo
         5,
         "no attempt counted"
     );
-    let line = relay.wait_for_line("refused our sender", WAIT).await;
-    assert!(line.contains("ERROR"), "{line}");
+    let line = relay.wait_for_line(said, WAIT).await;
+    assert!(
+        line.contains("ERROR") && line.contains(&code.to_string()),
+        "{line}"
+    );
     assert_eq!(smtp.message_count(), 0);
 
-    smtp.script(Stage::MailFrom, Reply::Accept);
+    smtp.script(stage, Reply::Accept);
     smtp.wait_for_messages(5, WAIT).await;
     outbox::drained(&mut conn, WAIT).await;
 
@@ -626,45 +643,6 @@ async fn a_server_refusing_our_sender_pauses_delivery_which_resumes_by_itself_lo
     }
     assert_eq!(relay.count_lines("email delivery failed"), 0);
     assert!(dead_letters(&mut conn).await.is_empty());
-}
-
-#[tokio::test]
-async fn a_server_refusing_the_session_at_its_greeting_pauses_delivery_which_resumes_by_itself() {
-    let smtp = SmtpServer::start();
-    smtp.script(Stage::Greeting, Reply::Permanent(554));
-    let db = TestDb::create().await;
-    let mut conn = db.connect().await;
-    let recipients = enqueue(&mut conn, "greeting-refused", 5).await;
-    let mut relay = start_relay(&db.url, &smtp.url(), &[("RELAY_REFUSED_PAUSE_SECS", "1")]).await;
-
-    settled_after_a_refusal(&smtp, Stage::Greeting, &mut conn).await;
-    let dead = dead_letters(&mut conn).await;
-    assert!(
-        dead.is_empty(),
-        "{} of 5 dead-lettered: {dead:?}",
-        dead.len()
-    );
-    assert_eq!(
-        count(
-            &mut conn,
-            "SELECT count(*) AS n FROM outbox WHERE attempts = 0"
-        )
-        .await,
-        5,
-        "no attempt counted"
-    );
-    let line = relay.wait_for_line("refused the session", WAIT).await;
-    assert!(line.contains("ERROR") && line.contains("554"), "{line}");
-
-    smtp.script(Stage::Greeting, Reply::Accept);
-    smtp.wait_for_messages(5, WAIT).await;
-    outbox::drained(&mut conn, WAIT).await;
-
-    let seen = deliveries(&smtp);
-    for recipient in &recipients {
-        assert_eq!(seen.get(recipient), Some(&1), "{recipient}");
-    }
-    assert_eq!(relay.count_lines("email delivery failed"), 0);
 }
 
 /// Waits until the server has refused at `stage` at least once and every message of the test

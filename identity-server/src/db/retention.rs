@@ -68,8 +68,9 @@ pub async fn delete_batch(
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             spent_before,
         ),
-        // Refresh tokens first, then their sessions: a refresh locks its token, then its
-        // session; deleting in the same order cannot deadlock with it.
+        // Refresh tokens first, then (in another statement) their sessions: each statement locks
+        // rows of one table only and skips locked ones, so it never waits while holding a lock
+        // a refresh (session row, then token row) needs.
         Due::RefreshTokensOfExpiredSessions { expired_before } => (
             "DELETE FROM refresh_tokens WHERE token_hash IN (
                 SELECT r.token_hash FROM refresh_tokens r

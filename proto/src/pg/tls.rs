@@ -74,11 +74,12 @@ pub(crate) fn client_config(
                 .build()
                 .map_err(|e| ConfigError::Tls(e.to_string()))?
         }
-        Check::Chain(roots) => Arc::new(ChainOnly {
-            roots,
+        Check::Chain(roots) => Arc::new(NameNotChecked {
+            roots: Some(roots),
             algorithms: provider.signature_verification_algorithms,
         }),
-        Check::Nothing => Arc::new(NoCheck {
+        Check::Nothing => Arc::new(NameNotChecked {
+            roots: None,
             algorithms: provider.signature_verification_algorithms,
         }),
     };
@@ -102,7 +103,9 @@ pub(crate) fn certificate_hint(error: &(dyn std::error::Error + 'static)) -> Opt
             inner.downcast_ref::<rustls::Error>()
         {
             return match problem {
-                CertificateError::UnknownIssuer => {
+                // BadSignature: a CA in sslrootcert has the issuer's name but not its key (a
+                // re-issued CA, say).
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
                     Some("the server's certificate is not signed by a CA in sslrootcert")
                 }
                 CertificateError::NotValidForName
@@ -149,14 +152,17 @@ fn roots_from(path: &Path) -> Result<RootCertStore, ConfigError> {
     Ok(roots)
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name on the certificate may be any.
+/// The checks rustls' own verifier cannot be told to skip: `verify-ca` (with `roots`) checks
+/// that the chain leads to a trusted root, whatever name the certificate carries; `prefer` and
+/// `require` without `sslrootcert` (no `roots`) check nothing of the certificate: encryption
+/// without authentication, as libpq does. Either way the handshake's own signatures are checked.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct NameNotChecked {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameNotChecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -165,56 +171,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert`: encryption without authentication, as libpq
-/// does. The handshake's own signatures are still checked.
-#[derive(Debug)]
-struct NoCheck {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
