@@ -7,6 +7,8 @@
 //!   paused (the SMTP server refused us), and once shutdown began.
 //!
 //! The database is checked every [`CHECK_INTERVAL`] with a trivial query from the relay's pool.
+//! Server reflection (v1 and v1alpha) is served too, so grpcurl and `buf curl` can call the
+//! health service without its .proto.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -57,9 +59,20 @@ impl HealthService {
             .await;
         // Not ready until the first check says so.
         set_readiness(&reporter, ServingStatus::NotServing).await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let incoming = TcpIncoming::from(self.listener);
+        let server = Server::builder()
+            .add_service(service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming(incoming);
         tokio::select! {
-            served = Server::builder().add_service(service).serve_with_incoming(incoming) => {
+            served = server => {
                 served.context("the health service failed")
             }
             () = follow_readiness(&reporter, &relay) => Ok(()),

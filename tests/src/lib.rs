@@ -4,8 +4,9 @@
 //! - [`load`]: latency tallies and the Argon2 bound, for the load generators.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
-//!   throwaway clusters a test may stop and start.
+//!   throwaway clusters a test may stop and start (or serve TLS only).
 //! - [`process`]: runs the built binaries as a user would and captures their logs.
+//! - [`reflection`]: lists the services a server announces over gRPC reflection.
 //! - [`relay`]: `outbox-relay` started for tests.
 //! - [`server`]: `identity-server` migrated and serving on a free port.
 //! - [`smtp`]: a real SMTP server over TCP (or implicit TLS) that records what it accepts,
@@ -18,6 +19,7 @@ pub mod load;
 pub mod outbox;
 pub mod pg;
 pub mod process;
+pub mod reflection;
 pub mod relay;
 pub mod server;
 pub mod smtp;

@@ -12,39 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CODE_KEY: &str = identity_tests::server::CODE_KEY;
 
-/// Lists services over one version of the reflection protocol. The two versions' generated
-/// types are distinct but shaped alike, hence a macro rather than a function.
-macro_rules! list_services {
-    ($version:ident, $channel:expr) => {{
-        use tonic_reflection::pb::$version::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new($channel)
-            .server_reflection_info(tokio_stream::once(request))
-            .await
-            .expect(concat!("reflection ", stringify!($version), " answers"))
-            .into_inner();
-        match responses
-            .message()
-            .await
-            .expect("a response")
-            .and_then(|r| r.message_response)
-        {
-            Some(MessageResponse::ListServicesResponse(list)) => list
-                .service
-                .into_iter()
-                .map(|s| s.name)
-                .collect::<Vec<String>>(),
-            other => panic!("unexpected reflection response: {other:?}"),
-        }
-    }};
-}
-
 #[tokio::test]
 async fn the_built_server_migrates_serves_health_reflection_and_signs_a_user_up() {
     let server = Server::start(&[]).await;
@@ -68,8 +35,8 @@ async fn the_built_server_migrates_serves_health_reflection_and_signs_a_user_up(
     }
 
     // Reflection, in both protocol versions that clients speak.
-    let v1 = list_services!(v1, channel.clone());
-    let v1alpha = list_services!(v1alpha, channel.clone());
+    let v1 = identity_tests::list_services!(v1, channel.clone());
+    let v1alpha = identity_tests::list_services!(v1alpha, channel.clone());
     for listing in [&v1, &v1alpha] {
         assert!(
             listing.contains(&"identity.v1.RegistrationService".to_owned()),

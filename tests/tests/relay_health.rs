@@ -103,3 +103,25 @@ async fn the_relay_is_not_ready_while_sending_is_paused_but_stays_alive() {
         ServingStatus::Serving
     );
 }
+
+#[tokio::test]
+async fn the_relay_health_port_answers_reflection_so_grpcurl_needs_no_proto() {
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let relay = relay::start(&db.url, &smtp.url(), &[]).await;
+    let channel = Channel::from_shared(format!("http://{}", relay::health_addr(&relay)))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .expect("the health port accepts connections");
+
+    let v1 = identity_tests::list_services!(v1, channel.clone());
+    let v1alpha = identity_tests::list_services!(v1alpha, channel);
+
+    for services in [v1, v1alpha] {
+        assert!(
+            services.iter().any(|s| s == "grpc.health.v1.Health"),
+            "{services:?}"
+        );
+    }
+}
