@@ -111,26 +111,24 @@ impl Mailer {
     pub async fn send(&self, message: Message) -> Result<Sent, SendError> {
         match self {
             Self::Smtp { pool, timeout } => {
-                let mut conn = pool.get().await.map_err(|e| match e {
+                let conn = pool.get().await.map_err(|e| match e {
                     PoolError::Backend(e) => e,
                     other => SendError::Transient(format!("no SMTP session: {other}")),
                 })?;
+                let mut in_flight = InFlight(Some(conn));
                 let bytes = message.formatted();
-                let sent = dialogue::send(&mut conn, message.envelope(), &bytes);
+                let sent = in_flight.send(message.envelope(), &bytes);
                 match tokio::time::timeout(*timeout, sent).await {
-                    Ok(Ok(())) => Ok(Sent::Smtp),
-                    // After a refusal or a timeout the session's state is unknown: close it
-                    // rather than return it to the pool.
-                    Ok(Err(e)) => {
-                        drop(Object::take(conn));
-                        Err(e)
+                    Ok(Ok(())) => {
+                        in_flight.finished();
+                        Ok(Sent::Smtp)
                     }
-                    Err(_) => {
-                        drop(Object::take(conn));
-                        Err(SendError::Transient(
-                            "the SMTP server did not answer in time".into(),
-                        ))
-                    }
+                    // After a refusal or a timeout the session's state is unknown: `in_flight`
+                    // closes it rather than return it to the pool.
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(SendError::Transient(
+                        "the SMTP server did not answer in time".into(),
+                    )),
                 }
             }
             Self::Files { transport, dir } => {
@@ -140,6 +138,37 @@ impl Mailer {
                     .map_err(|e| SendError::Transient(format!("writing the email file: {e}")))?;
                 Ok(Sent::File(dir.join(format!("{id}.eml"))))
             }
+        }
+    }
+}
+
+/// A pooled SMTP session in the middle of a dialogue. It goes back to the pool only through
+/// [`InFlight::finished`]; dropped any other way (a refusal, a timeout, or a caller that gave up
+/// and dropped the send), it is closed, since the server may be anywhere in the dialogue.
+struct InFlight(Option<Object<pool::Manager>>);
+
+impl InFlight {
+    async fn send(
+        &mut self,
+        envelope: &lettre::address::Envelope,
+        email: &[u8],
+    ) -> Result<(), SendError> {
+        match self.0.as_mut() {
+            Some(conn) => dialogue::send(conn, envelope, email).await,
+            None => Err(SendError::Transient("the SMTP session is gone".into())),
+        }
+    }
+
+    /// The dialogue ended cleanly: the session may serve the next email.
+    fn finished(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
         }
     }
 }
