@@ -172,3 +172,54 @@ impl Drop for InFlight {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use identity_tests::smtp::SmtpServer;
+
+    use super::*;
+
+    fn email(to: &str) -> Message {
+        Message::builder()
+            .from(
+                "Identity <no-reply@identity.example.com>"
+                    .parse()
+                    .expect("an address"),
+            )
+            .to(to.parse().expect("an address"))
+            .subject("hello")
+            .body(String::from("hello"))
+            .expect("a message")
+    }
+
+    #[tokio::test]
+    async fn a_send_dropped_mid_dialogue_does_not_leave_its_session_in_the_pool() {
+        let smtp = SmtpServer::start();
+        // The server holds back its answer to the first message's data...
+        smtp.delay_each_message(Duration::from_secs(3));
+        let url = SecretString::from(smtp.url());
+        let mailer = Mailer::smtp(SmtpSettings {
+            url: &url,
+            ca_file: None,
+            connections: 1,
+            timeout: Duration::from_secs(10),
+            idle_limit: Duration::from_secs(60),
+        })
+        .expect("a mailer");
+
+        // ...and the caller gives up while waiting for it, dropping the send.
+        let first = mailer.send(email("first@example.com"));
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), first).await;
+        assert!(gave_up.is_err(), "the first send was cut off");
+        smtp.wait_for_message_to("first@example.com", Duration::from_secs(10))
+            .await;
+
+        // The next send must not run on that session, whose server is mid-reply.
+        smtp.delay_each_message(Duration::ZERO);
+        let second = mailer.send(email("second@example.com")).await;
+
+        assert!(matches!(second, Ok(Sent::Smtp)), "{second:?}");
+        assert_eq!(smtp.connections(), 2, "the abandoned session was closed");
+        assert_eq!(smtp.messages_to("second@example.com").len(), 1);
+    }
+}
