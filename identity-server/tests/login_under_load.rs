@@ -84,6 +84,7 @@ async fn forty_concurrent_wrong_passwords_for_one_account_are_evaluated_at_most_
 
     let burst = guess_at_once(&app, "ada@example.com").await;
 
+    println!("{GUESSES} concurrent guesses: {burst:?}");
     assert!(
         (1..=5).contains(&burst.evaluated),
         "{burst:?}: at most 5 guesses may be checked"

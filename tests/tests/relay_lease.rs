@@ -58,23 +58,12 @@ async fn with_a_provider_taking_9_s_per_email_a_second_relay_sends_nothing_twice
 #[tokio::test]
 async fn a_lease_too_short_to_cover_one_delivery_is_refused_at_start_up() {
     let db = TestDb::create().await;
-    let smtp = SmtpServer::start();
-    let settings = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("SMTP_URL", &smtp.url()),
-        ("EMAIL_FROM", "Identity <no-reply@identity.example.com>"),
-        (
-            "VERIFY_URL_TEMPLATE",
-            "https://app.example.com/verify?token={token}",
-        ),
-        (
-            "RESET_URL_TEMPLATE",
-            "https://app.example.com/reset?token={token}",
-        ),
+    let mut settings = relay::configured_env(&db.url);
+    settings.extend([
         ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
         ("RELAY_LEASE_SECS", "15"),
         ("RELAY_SMTP_TIMEOUT_SECS", "10"),
-    ];
+    ]);
     let mut relay = Process::spawn("outbox-relay", &["serve"], &settings);
 
     let status = relay.wait_for_exit(Duration::from_secs(30)).await;

@@ -19,7 +19,7 @@ const MAX_ATTEMPTS: u32 = 5;
 /// so the transactions that collided do not collide again.
 const BASE_PAUSE: Duration = Duration::from_millis(10);
 
-/// An error that may be a database failure; lets [`retry_conflicts`] look inside a use case's
+/// An error that may be a database failure; lets [`Retry::settle`] look inside a use case's
 /// own error type.
 pub trait MaybeStoreError {
     /// The database failure this error is, if it is one.

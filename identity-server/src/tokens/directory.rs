@@ -92,11 +92,6 @@ impl KeyDirectory {
         &self.dir
     }
 
-    /// The reload and activation settings.
-    pub fn rotation(&self) -> Rotation {
-        self.rotation
-    }
-
     /// Reads the directory again at `now` and puts the new ring in use if its keys differ. On
     /// error the ring in use stays.
     pub fn reload(&self, now: OffsetDateTime) -> Result<Reloaded, KeyError> {
