@@ -208,6 +208,7 @@ async fn used_and_expired_reset_tokens_are_kept_for_the_retention_then_deleted()
             .clone()
             .request_password_reset(pb::RequestPasswordResetRequest {
                 email: email.into(),
+                ..Default::default()
             })
             .await
             .expect("answers OK");

@@ -135,6 +135,7 @@ async fn grpc_web_calls_and_cors_preflights_are_answered_on_the_grpc_port() {
 
     let message = pb::ResendVerificationEmailRequest {
         email: "nobody@example.com".into(),
+        ..Default::default()
     }
     .encode_to_vec();
     let mut frame = vec![0u8];

@@ -103,6 +103,7 @@ async fn sign_up_leaves_no_secret_in_the_log(logging: &[(&str, &str)]) {
     client
         .resend_verification_email(pb::ResendVerificationEmailRequest {
             email: "code@example.com".into(),
+            ..Default::default()
         })
         .await
         .expect("resends");
@@ -235,6 +236,7 @@ async fn sessions_and_resets_leave_no_secret_in_the_log(logging: &[(&str, &str)]
     resets
         .request_password_reset(pb::RequestPasswordResetRequest {
             email: "ada@example.com".into(),
+            ..Default::default()
         })
         .await
         .expect("OK");
