@@ -29,7 +29,19 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The number that solves `challenge`, by trying 0, 1, 2... up to its `maxnumber`.
 pub fn solve(challenge: &CreateChallengeResponse) -> Option<u64> {
-    (0..=u64::from(challenge.maxnumber)).find(|n| hash(&challenge.salt, *n) == challenge.challenge)
+    // Compare digests, not their hex, so the loop is one SHA-256 per number.
+    let target: Vec<u8> = (0..challenge.challenge.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(challenge.challenge.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let salted = Sha256::new().chain_update(challenge.salt.as_bytes());
+    let mut digits = String::new();
+    (0..=u64::from(challenge.maxnumber)).find(|n| {
+        use std::fmt::Write;
+        digits.clear();
+        let _ = write!(digits, "{n}");
+        salted.clone().chain_update(digits.as_bytes()).finalize()[..] == target[..]
+    })
 }
 
 /// The payload the widget submits for `challenge` solved with `number`: base64 of the JSON

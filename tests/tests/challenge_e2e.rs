@@ -316,6 +316,45 @@ async fn an_unterminated_salt_cannot_be_spliced_to_extend_its_expiry() {
 }
 
 #[tokio::test]
+async fn a_refused_solution_is_explained_at_debug_and_the_key_never_logged() {
+    let mut server = Server::start(&[
+        ("IDENTITY_CHALLENGE_POLICY", "always"),
+        ("RUST_LOG", "debug"),
+    ])
+    .await;
+    let channel = server.channel().await;
+    let (challenge, number) = solved(&channel).await;
+    let _ = register(
+        &channel,
+        "ada@example.com",
+        &altcha::payload(&challenge, number + 1),
+    )
+    .await;
+    register(
+        &channel,
+        "ada@example.com",
+        &altcha::payload(&challenge, number),
+    )
+    .await
+    .expect("accepted");
+    let _ = register(
+        &channel,
+        "bob@example.com",
+        &altcha::payload(&challenge, number),
+    )
+    .await;
+
+    // The log is read as the server writes it: wait for the lines rather than race them.
+    let wait = std::time::Duration::from_secs(30);
+    (server.process)
+        .wait_for_line("SHA-256(salt ‖ number) is not the challenge", wait)
+        .await;
+    server.process.wait_for_line("already used", wait).await;
+    let log = server.process.output();
+    assert!(!log.contains(CHALLENGE_KEY), "the key leaked:\n{log}");
+}
+
+#[tokio::test]
 async fn with_the_policy_off_no_solution_is_needed() {
     let server = Server::start(&[("IDENTITY_CHALLENGE_POLICY", "off")]).await;
     let channel = server.channel().await;
