@@ -59,6 +59,32 @@ pub struct Server {
     pub keys_dir: std::path::PathBuf,
 }
 
+/// `identity-server serve` on port 0 with the test keys, plus `extra_env`; returns it once it
+/// listens, with its address.
+async fn serve(
+    database_url: &str,
+    keys_dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (Process, String) {
+    let keys = keys_dir.display().to_string();
+    let mut env = vec![
+        ("DATABASE_URL", database_url),
+        ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
+        ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+        ("IDENTITY_CHALLENGE_HMAC_KEY", CHALLENGE_KEY),
+        ("IDENTITY_KEYS_DIR", keys.as_str()),
+    ];
+    env.extend_from_slice(extra_env);
+    let mut process = Process::spawn("identity-server", &["serve"], &env);
+    let line = process
+        .wait_for_line("identity-server listening", Duration::from_secs(30))
+        .await;
+    let addr = process::field(&line, "grpc.addr")
+        .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
+        .to_owned();
+    (process, addr)
+}
+
 /// A second `identity-server serve` on a [`Server`]'s database (see [`Server::replica`]).
 #[derive(Debug)]
 pub struct Replica {
@@ -92,23 +118,7 @@ impl Server {
         );
         assert!(migrate.status.success(), "migrate failed: {migrate:?}");
         let keys_dir = keygen_for(&db);
-        let keys = keys_dir.display().to_string();
-
-        let mut env = vec![
-            ("DATABASE_URL", db.url.as_str()),
-            ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
-            ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
-            ("IDENTITY_CHALLENGE_HMAC_KEY", CHALLENGE_KEY),
-            ("IDENTITY_KEYS_DIR", keys.as_str()),
-        ];
-        env.extend_from_slice(extra_env);
-        let mut process = Process::spawn("identity-server", &["serve"], &env);
-        let line = process
-            .wait_for_line("identity-server listening", Duration::from_secs(30))
-            .await;
-        let addr = process::field(&line, "grpc.addr")
-            .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
-            .to_owned();
+        let (process, addr) = serve(&db.url, &keys_dir, extra_env).await;
         Self {
             process,
             addr,
@@ -120,22 +130,7 @@ impl Server {
     /// Another `identity-server serve` on the same database and signing keys (a second
     /// replica), with the same environment plus `extra_env`.
     pub async fn replica(&self, extra_env: &[(&str, &str)]) -> Replica {
-        let keys = self.keys_dir.display().to_string();
-        let mut env = vec![
-            ("DATABASE_URL", self.db.url.as_str()),
-            ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
-            ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
-            ("IDENTITY_CHALLENGE_HMAC_KEY", CHALLENGE_KEY),
-            ("IDENTITY_KEYS_DIR", keys.as_str()),
-        ];
-        env.extend_from_slice(extra_env);
-        let mut process = Process::spawn("identity-server", &["serve"], &env);
-        let line = process
-            .wait_for_line("identity-server listening", Duration::from_secs(30))
-            .await;
-        let addr = process::field(&line, "grpc.addr")
-            .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
-            .to_owned();
+        let (process, addr) = serve(&self.db.url, &self.keys_dir, extra_env).await;
         Replica { process, addr }
     }
 
