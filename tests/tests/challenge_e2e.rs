@@ -371,7 +371,7 @@ async fn with_the_policy_off_no_solution_is_needed() {
 }
 
 #[tokio::test]
-async fn the_server_refuses_to_start_without_a_challenge_key_unless_the_policy_is_off() {
+async fn the_server_refuses_to_start_without_a_challenge_key_or_with_a_short_one() {
     let keys_dir = std::env::temp_dir().join("identity-challenge-no-key");
     let keys_dir = keys_dir.display().to_string();
     let env = [
