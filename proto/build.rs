@@ -18,6 +18,7 @@ const PROTO_FILES: &[&str] = &[
     "identity/v1/key_service.proto",
     "identity/v1/user_service.proto",
     "identity/v1/password_reset_service.proto",
+    "identity/v1/challenge_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

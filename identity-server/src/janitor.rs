@@ -10,7 +10,9 @@
 //! - sessions once they expire, with their refresh tokens;
 //! - login-throttle rows `login_throttle_retention` after both their last failure and their
 //!   block;
-//! - dead letters (`outbox_dead`) `dead_letter_retention` after they died.
+//! - dead letters (`outbox_dead`) `dead_letter_retention` after they died;
+//! - marks of used challenge solutions [`CHALLENGE_CLOCK_MARGIN`] after their challenge
+//!   expired (an expired solution is refused anyway).
 //!
 //! Every replica runs one; they never delete the same row or wait on each other
 //! ([`db::retention`]).
@@ -23,6 +25,10 @@ use crate::{
     clock::Clock,
     db::{self, StoreError, retention::Due},
 };
+
+/// How long a used challenge solution stays marked after its challenge expired: a replica whose
+/// clock lags this much behind the janitor's still refuses a replay.
+pub const CHALLENGE_CLOCK_MARGIN: Duration = Duration::minutes(5);
 
 /// When the janitor runs and what it keeps.
 #[derive(Debug, Clone)]
@@ -64,6 +70,7 @@ pub struct Swept {
     pub sessions: usize,
     pub login_throttles: usize,
     pub dead_letters: usize,
+    pub challenge_solutions: usize,
 }
 
 impl Swept {
@@ -76,6 +83,7 @@ impl Swept {
             + self.sessions
             + self.login_throttles
             + self.dead_letters
+            + self.challenge_solutions
     }
 
     fn count(&mut self, due: Due, deleted: usize) {
@@ -87,6 +95,7 @@ impl Swept {
             Due::ExpiredSessions { .. } => &mut self.sessions,
             Due::StaleLoginThrottles { .. } => &mut self.login_throttles,
             Due::DeadLetters { .. } => &mut self.dead_letters,
+            Due::ChallengeSolutions { .. } => &mut self.challenge_solutions,
         };
         *counter += deleted;
     }
@@ -146,6 +155,9 @@ impl Janitor {
             Due::DeadLetters {
                 dead_before: now - s.dead_letter_retention,
             },
+            Due::ChallengeSolutions {
+                expired_before: now - CHALLENGE_CLOCK_MARGIN,
+            },
         ];
         let mut swept = Swept::default();
         for due in kinds {
@@ -178,6 +190,7 @@ impl Janitor {
                     sessions = swept.sessions,
                     login_throttles = swept.login_throttles,
                     dead_letters = swept.dead_letters,
+                    challenge_solutions = swept.challenge_solutions,
                     "janitor deleted expired rows"
                 ),
                 Ok(_) => tracing::debug!("janitor found nothing due"),

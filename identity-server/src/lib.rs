@@ -4,6 +4,8 @@
 //! - [`registration`]: the sign-up use cases (register, verify, resend) and their errors.
 //! - [`sessions`]: login, refresh and revoke.
 //! - [`password_reset`]: reset links and setting a new password.
+//! - [`challenge`]: the ALTCHA-compatible proof-of-work challenge that guards the calls that
+//!   send email, and when it is required.
 //! - [`hashing`]: Argon2id on a bounded pool of worker threads.
 //! - [`janitor`]: deletes expired rows and never-verified accounts on an interval.
 //! - [`db`]: the connection pool, migrations, queries and retried transactions.
@@ -12,6 +14,7 @@
 //! - [`startup`]: builds and runs the server; [`health`]: liveness and readiness; [`cli`] reads
 //!   the command line; [`telemetry`] sets up logging; [`clock`] makes time a parameter.
 
+pub mod challenge;
 pub mod cli;
 pub mod clock;
 pub mod db;

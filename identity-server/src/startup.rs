@@ -10,7 +10,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
 use identity_proto::identity::v1::{
-    key_service_server::KeyServiceServer,
+    challenge_service_server::ChallengeServiceServer, key_service_server::KeyServiceServer,
     password_reset_service_server::PasswordResetServiceServer,
     registration_service_server::RegistrationServiceServer,
     session_service_server::SessionServiceServer, user_service_server::UserServiceServer,
@@ -24,10 +24,13 @@ use tower_http::{
 use tracing::Level;
 
 use crate::{
+    challenge::{self, Challenges},
     clock::Clock,
     db,
     domain::CodeKey,
-    grpc::{BearerAuth, KeyApi, PasswordResetApi, RegistrationApi, SessionApi, UserApi},
+    grpc::{
+        BearerAuth, ChallengeApi, KeyApi, PasswordResetApi, RegistrationApi, SessionApi, UserApi,
+    },
     hashing::{HashingConfig, PasswordHasher},
     health::Health,
     janitor::{self, Janitor},
@@ -70,6 +73,8 @@ pub struct Settings {
     pub keys: Arc<KeyDirectory>,
     pub sessions: sessions::Settings,
     pub password_reset: password_reset::Settings,
+    /// The proof-of-work challenge: policy, key, difficulty.
+    pub challenge: challenge::Settings,
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
     pub cors_allowed_origins: Vec<HeaderValue>,
     pub janitor: janitor::Settings,
@@ -85,6 +90,7 @@ pub struct Application {
     registration: Arc<Registration>,
     sessions: Arc<Sessions>,
     password_reset: Arc<PasswordReset>,
+    challenges: Arc<Challenges>,
     keys: Arc<KeyDirectory>,
     pool: db::Pool,
     clock: Arc<dyn Clock>,
@@ -133,6 +139,11 @@ impl Application {
             )
             .await?,
         );
+        let challenges = Arc::new(Challenges::new(
+            pool.clone(),
+            Arc::clone(&clock),
+            settings.challenge,
+        )?);
         let janitor = Janitor::new(pool.clone(), Arc::clone(&clock), settings.janitor);
         let listener = TcpListener::bind(settings.grpc_addr).await?;
         let local_addr = listener.local_addr()?;
@@ -142,6 +153,7 @@ impl Application {
             registration,
             sessions,
             password_reset,
+            challenges,
             keys: settings.keys,
             pool,
             clock,
@@ -186,11 +198,18 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let registration = RegistrationServiceServer::new(RegistrationApi::new(self.registration));
+        let registration = RegistrationServiceServer::new(RegistrationApi::new(
+            self.registration,
+            Arc::clone(&self.challenges),
+        ));
+        let challenge_service =
+            ChallengeServiceServer::new(ChallengeApi::new(Arc::clone(&self.challenges)));
         let token_settings = self.sessions.token_settings().clone();
         let session_service = SessionServiceServer::new(SessionApi::new(self.sessions));
-        let password_reset_service =
-            PasswordResetServiceServer::new(PasswordResetApi::new(self.password_reset));
+        let password_reset_service = PasswordResetServiceServer::new(PasswordResetApi::new(
+            self.password_reset,
+            self.challenges,
+        ));
         let key_service = KeyServiceServer::new(KeyApi::new(
             Arc::clone(&self.keys),
             Arc::clone(&self.clock),
@@ -236,6 +255,7 @@ impl Application {
             .add_service(key_service)
             .add_service(user_service)
             .add_service(password_reset_service)
+            .add_service(challenge_service)
             .serve_with_incoming_shutdown(incoming, {
                 let stopping = Arc::clone(&stopping);
                 async move {
@@ -278,7 +298,7 @@ impl Application {
 }
 
 /// The whole server ("") and each API service: they report what readiness reports.
-fn readiness_followers() -> [&'static str; 6] {
+fn readiness_followers() -> [&'static str; 7] {
     use tonic::server::NamedService;
     [
         "",
@@ -287,6 +307,7 @@ fn readiness_followers() -> [&'static str; 6] {
         <KeyServiceServer<KeyApi> as NamedService>::NAME,
         <UserServiceServer<UserApi> as NamedService>::NAME,
         <PasswordResetServiceServer<PasswordResetApi> as NamedService>::NAME,
+        <ChallengeServiceServer<ChallengeApi> as NamedService>::NAME,
     ]
 }
 

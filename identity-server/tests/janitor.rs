@@ -12,12 +12,14 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 use identity_proto::{
     identity::v1::{
-        self as pb, password_reset_service_client::PasswordResetServiceClient,
+        self as pb, challenge_service_client::ChallengeServiceClient,
+        password_reset_service_client::PasswordResetServiceClient,
         session_service_client::SessionServiceClient,
     },
     outbox::EmailPasswordResetV1,
 };
 use identity_server::{
+    challenge::{self, ChallengeKey, Policy},
     db,
     janitor::{self, Janitor, Swept},
 };
@@ -208,6 +210,7 @@ async fn used_and_expired_reset_tokens_are_kept_for_the_retention_then_deleted()
             .clone()
             .request_password_reset(pb::RequestPasswordResetRequest {
                 email: email.into(),
+                ..Default::default()
             })
             .await
             .expect("answers OK");
@@ -344,6 +347,54 @@ async fn a_dead_letter_is_deleted_after_the_retention() {
         1,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_used_challenge_solution_is_kept_until_its_challenge_expired_plus_the_clock_margin() {
+    let app = TestApp::spawn_with(|settings| {
+        settings.challenge = challenge::Settings {
+            policy: Policy::Always,
+            key: Some(ChallengeKey::new(vec![7; 32]).expect("long enough")),
+            ..challenge::Settings::off()
+        };
+    })
+    .await;
+    let janitor = janitor(&app, settings());
+    let challenge = ChallengeServiceClient::new(app.channel.clone())
+        .create_challenge(pb::CreateChallengeRequest {})
+        .await
+        .expect("a challenge")
+        .into_inner();
+    let number = identity_tests::altcha::solve(&challenge).expect("solvable");
+    let solution = identity_tests::altcha::payload(&challenge, number);
+    let register = || {
+        let mut client = app.client.clone();
+        let request = pb::RegisterRequest {
+            altcha: solution.clone(),
+            ..support::register_request("ada@example.com")
+        };
+        async move { client.register(request).await }
+    };
+    register().await.expect("the solution is accepted");
+    let expires_at: i64 = challenge
+        .salt
+        .split_once("?expires=")
+        .and_then(|(_, rest)| rest.strip_suffix('&'))
+        .and_then(|digits| digits.parse().ok())
+        .expect("the expiry in the salt");
+    let expires_at = OffsetDateTime::from_unix_timestamp(expires_at).expect("a time");
+
+    assert_deleted_exactly_when_due(
+        &app,
+        &janitor,
+        expires_at + janitor::CHALLENGE_CLOCK_MARGIN,
+        "SELECT count(*) AS n FROM challenge_solutions",
+        1,
+    )
+    .await;
+    // Its mark is gone, and the solution is still refused: it has expired.
+    let replay = register().await.expect_err("refused");
+    assert_error(&replay, Code::FailedPrecondition, "CHALLENGE_INVALID");
 }
 
 #[tokio::test]

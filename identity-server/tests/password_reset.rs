@@ -28,6 +28,7 @@ async fn request_reset(app: &TestApp, email: &str) {
     PasswordResetServiceClient::new(app.channel.clone())
         .request_password_reset(pb::RequestPasswordResetRequest {
             email: email.into(),
+            ..Default::default()
         })
         .await
         .expect("answers OK");

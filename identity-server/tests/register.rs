@@ -103,6 +103,7 @@ async fn every_invalid_field_is_rejected_with_a_violation_naming_it_and_nothing_
         password: "1234".into(),
         display_name: String::new(),
         locale: "!!".into(),
+        ..Default::default()
     };
     let status = app
         .client

@@ -7,7 +7,7 @@ use crate::identity::v1::{
     RevokeSessionRequest, User, UserStatus, VerifyEmailRequest, verify_email_request,
 };
 
-const SECRETS: [&str; 8] = [
+const SECRETS: [&str; 9] = [
     "hunter2",
     "tok-secret",
     "654321",
@@ -16,6 +16,7 @@ const SECRETS: [&str; 8] = [
     "refresh-secret",
     "ada@example.com",
     "Ada Lovelace",
+    "altcha-payload-secret",
 ];
 
 fn assert_hidden(printed: &str) {
@@ -31,6 +32,7 @@ fn debug_output_of_requests_and_responses_hides_every_secret_and_address() {
         password: "hunter2-hunter2".into(),
         display_name: "Ada Lovelace".into(),
         locale: "en".into(),
+        altcha: "altcha-payload-secret".into(),
     };
     let by_token = VerifyEmailRequest {
         proof: Some(verify_email_request::Proof::Token("tok-secret".into())),

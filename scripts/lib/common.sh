@@ -30,12 +30,14 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# ensure_buf: the buf CLI pinned in package.json / package-lock.json.
+# ensure_buf: the buf CLI (and altcha-lib, for the tests) pinned in package.json /
+# package-lock.json.
 # Sets BUF to its path.
 ensure_buf() {
   # shellcheck disable=SC2034 # for the caller
   BUF="$REPO/node_modules/.bin/buf"
-  if [[ ! -x $BUF ]]; then
+  # altcha-lib (the challenge compatibility test) comes from the same package.json.
+  if [[ ! -x $BUF || ! -d $REPO/node_modules/altcha-lib ]]; then
     # buf is pinned in package.json and comes from npm; as root, install npm when missing.
     command -v npm >/dev/null || apt_install nodejs npm
     command -v npm >/dev/null || die "npm is needed to install buf (install Node.js)"

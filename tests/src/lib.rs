@@ -1,6 +1,7 @@
 //! Test support shared by the workspace's tests, plus the end-to-end tests (`tests/`) and the
 //! load generator (`src/bin/loadgen.rs`).
 //!
+//! - [`altcha`]: solves (and, knowing the key, forges) ALTCHA challenges as a client would.
 //! - [`load`]: latency tallies and the Argon2 bound, for the load generators.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
@@ -15,6 +16,7 @@
 //!   to, and can be stopped and restarted.
 //! - [`wait`]: waits for a condition with a deadline, never a bare sleep.
 
+pub mod altcha;
 pub mod load;
 pub mod outbox;
 pub mod pg;

@@ -26,6 +26,7 @@ pub fn register_request(email: &str) -> RegisterRequest {
         password: PASSWORD.into(),
         display_name: "Ada Lovelace".into(),
         locale: "en-GB".into(),
+        ..Default::default()
     }
 }
 
@@ -44,6 +45,10 @@ pub fn keygen_for(db: &TestDb) -> std::path::PathBuf {
 /// The code MAC key every test server uses.
 pub const CODE_KEY: &str = "e2e-code-key-0123456789abcdef0123456789";
 
+/// The challenge key every test server uses (with the default adaptive policy, which requires
+/// a key), so a test can mint challenges of its own, expired ones for instance.
+pub const CHALLENGE_KEY: &str = "e2e-challenge-key-0123456789abcdef01234";
+
 /// A running `identity-server serve`, its database and where it listens.
 #[derive(Debug)]
 pub struct Server {
@@ -52,6 +57,50 @@ pub struct Server {
     pub db: TestDb,
     /// The signing keys, made with `identity-server keygen`.
     pub keys_dir: std::path::PathBuf,
+}
+
+/// `identity-server serve` on port 0 with the test keys, plus `extra_env`; returns it once it
+/// listens, with its address.
+async fn serve(
+    database_url: &str,
+    keys_dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (Process, String) {
+    let keys = keys_dir.display().to_string();
+    let mut env = vec![
+        ("DATABASE_URL", database_url),
+        ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
+        ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+        ("IDENTITY_CHALLENGE_HMAC_KEY", CHALLENGE_KEY),
+        ("IDENTITY_KEYS_DIR", keys.as_str()),
+    ];
+    env.extend_from_slice(extra_env);
+    let mut process = Process::spawn("identity-server", &["serve"], &env);
+    let line = process
+        .wait_for_line("identity-server listening", Duration::from_secs(30))
+        .await;
+    let addr = process::field(&line, "grpc.addr")
+        .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
+        .to_owned();
+    (process, addr)
+}
+
+/// A second `identity-server serve` on a [`Server`]'s database (see [`Server::replica`]).
+#[derive(Debug)]
+pub struct Replica {
+    pub process: Process,
+    pub addr: String,
+}
+
+impl Replica {
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("valid URI")
+            .connect()
+            .await
+            .expect("the replica accepts connections")
+    }
 }
 
 impl Server {
@@ -69,28 +118,20 @@ impl Server {
         );
         assert!(migrate.status.success(), "migrate failed: {migrate:?}");
         let keys_dir = keygen_for(&db);
-        let keys = keys_dir.display().to_string();
-
-        let mut env = vec![
-            ("DATABASE_URL", db.url.as_str()),
-            ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
-            ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
-            ("IDENTITY_KEYS_DIR", keys.as_str()),
-        ];
-        env.extend_from_slice(extra_env);
-        let mut process = Process::spawn("identity-server", &["serve"], &env);
-        let line = process
-            .wait_for_line("identity-server listening", Duration::from_secs(30))
-            .await;
-        let addr = process::field(&line, "grpc.addr")
-            .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
-            .to_owned();
+        let (process, addr) = serve(&db.url, &keys_dir, extra_env).await;
         Self {
             process,
             addr,
             db,
             keys_dir,
         }
+    }
+
+    /// Another `identity-server serve` on the same database and signing keys (a second
+    /// replica), with the same environment plus `extra_env`.
+    pub async fn replica(&self, extra_env: &[(&str, &str)]) -> Replica {
+        let (process, addr) = serve(&self.db.url, &self.keys_dir, extra_env).await;
+        Replica { process, addr }
     }
 
     /// A connected channel.

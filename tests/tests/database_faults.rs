@@ -90,6 +90,10 @@ async fn three_replicas_started_at_once_with_serve_migrate_on_an_empty_database_
         ("DATABASE_URL", db.url.as_str()),
         ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
         ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+        (
+            "IDENTITY_CHALLENGE_HMAC_KEY",
+            identity_tests::server::CHALLENGE_KEY,
+        ),
         ("IDENTITY_KEYS_DIR", keys.as_str()),
     ];
 
@@ -175,6 +179,10 @@ fn a_lock_timeout_above_the_statement_timeout_is_refused_at_start_up() {
         &[
             ("DATABASE_URL", "postgres://127.0.0.1:1/identity"),
             ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+            (
+                "IDENTITY_CHALLENGE_HMAC_KEY",
+                identity_tests::server::CHALLENGE_KEY,
+            ),
             ("IDENTITY_KEYS_DIR", keys.as_str()),
             ("IDENTITY_DB_STATEMENT_TIMEOUT_MS", "1000"),
             ("IDENTITY_DB_LOCK_TIMEOUT_MS", "3000"),

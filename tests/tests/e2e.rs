@@ -84,6 +84,10 @@ async fn serve_refuses_to_start_while_migrations_are_pending() {
             ("DATABASE_URL", &db.url),
             ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
             ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+            (
+                "IDENTITY_CHALLENGE_HMAC_KEY",
+                identity_tests::server::CHALLENGE_KEY,
+            ),
             ("IDENTITY_KEYS_DIR", &keys),
         ],
     );
@@ -135,6 +139,7 @@ async fn grpc_web_calls_and_cors_preflights_are_answered_on_the_grpc_port() {
 
     let message = pb::ResendVerificationEmailRequest {
         email: "nobody@example.com".into(),
+        ..Default::default()
     }
     .encode_to_vec();
     let mut frame = vec![0u8];
@@ -198,6 +203,8 @@ fn help_explains_the_commands_and_their_environment_variables() {
         "DATABASE_URL",
         "IDENTITY_GRPC_ADDR",
         "IDENTITY_CODE_HMAC_KEY",
+        "IDENTITY_CHALLENGE_POLICY",
+        "IDENTITY_CHALLENGE_HMAC_KEY",
         "IDENTITY_HASH_QUEUE",
         "--migrate",
     ] {

@@ -14,6 +14,7 @@ use identity_tests::{
 };
 
 const CODE_KEY: &str = identity_tests::server::CODE_KEY;
+const CHALLENGE_KEY: &str = identity_tests::server::CHALLENGE_KEY;
 
 /// What production runs with.
 const PRODUCTION: &[(&str, &str)] = &[("IDENTITY_LOG_FORMAT", "json"), ("RUST_LOG", "info")];
@@ -103,6 +104,7 @@ async fn sign_up_leaves_no_secret_in_the_log(logging: &[(&str, &str)]) {
     client
         .resend_verification_email(pb::ResendVerificationEmailRequest {
             email: "code@example.com".into(),
+            ..Default::default()
         })
         .await
         .expect("resends");
@@ -157,6 +159,7 @@ async fn sign_up_leaves_no_secret_in_the_log(logging: &[(&str, &str)]) {
         rejected_password.to_owned(),
         wrong_code,
         CODE_KEY.to_owned(),
+        CHALLENGE_KEY.to_owned(),
         db_password,
     ];
     for email in by_code.iter().chain(&by_link) {
@@ -235,6 +238,7 @@ async fn sessions_and_resets_leave_no_secret_in_the_log(logging: &[(&str, &str)]
     resets
         .request_password_reset(pb::RequestPasswordResetRequest {
             email: "ada@example.com".into(),
+            ..Default::default()
         })
         .await
         .expect("OK");
@@ -285,6 +289,7 @@ async fn sessions_and_resets_leave_no_secret_in_the_log(logging: &[(&str, &str)]
         reset_token.as_str(),
         secret_key.trim(),
         CODE_KEY,
+        CHALLENGE_KEY,
         db_password.as_str(),
     ] {
         assert!(

@@ -56,6 +56,7 @@ async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice(
             password: "tangerine-kettle-orbit-42".into(),
             display_name: "Ada Lovelace".into(),
             locale: "en".into(),
+            ..Default::default()
         })
         .await
         .expect("registers");
@@ -86,6 +87,7 @@ async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice(
     resets
         .request_password_reset(pb::RequestPasswordResetRequest {
             email: "nobody@example.com".into(),
+            ..Default::default()
         })
         .await
         .expect("OK for an unknown address");
@@ -94,6 +96,7 @@ async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice(
     resets
         .request_password_reset(pb::RequestPasswordResetRequest {
             email: "ada@example.com".into(),
+            ..Default::default()
         })
         .await
         .expect("OK");

@@ -8,6 +8,7 @@ use http::HeaderValue;
 use secrecy::SecretString;
 
 use super::{DatabaseArgs, parse_secret};
+use crate::challenge::{Policy, Settings as ChallengeSettings};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -26,6 +27,41 @@ pub(super) struct ServeArgs {
     /// `openssl rand -hex 32`. Keep it stable: changing it invalidates outstanding codes.
     #[arg(long, env = "IDENTITY_CODE_HMAC_KEY", hide_env_values = true, value_parser = parse_secret)]
     pub(super) code_hmac_key: SecretString,
+
+    /// When Register, ResendVerificationEmail and RequestPasswordReset require a solved
+    /// proof-of-work challenge (ALTCHA): off, always, or adaptive (once the client IP has used
+    /// IDENTITY_CHALLENGE_SOFT_THRESHOLD_PERCENT of its rate-limit burst).
+    #[arg(
+        long,
+        env = "IDENTITY_CHALLENGE_POLICY",
+        value_enum,
+        default_value = "adaptive"
+    )]
+    pub(super) challenge_policy: Policy,
+
+    /// Secret key that signs challenges: at least 32 bytes, the same on every replica, e.g.
+    /// from `openssl rand -hex 32`. Required unless IDENTITY_CHALLENGE_POLICY is off.
+    /// Changing it invalidates the challenges in flight (they live minutes).
+    #[arg(long, env = "IDENTITY_CHALLENGE_HMAC_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub(super) challenge_hmac_key: Option<SecretString>,
+
+    /// Challenge difficulty: the secret number is drawn from 0..=this, so a solver needs half
+    /// this many SHA-256 hashes on average. From 1000 to 10000000.
+    #[arg(long, env = "IDENTITY_CHALLENGE_MAX_NUMBER", default_value_t = ChallengeSettings::DEFAULT_MAX_NUMBER)]
+    pub(super) challenge_max_number: u32,
+
+    /// Seconds a challenge can be solved and its solution submitted (60 to 86400).
+    #[arg(long, env = "IDENTITY_CHALLENGE_TTL_SECS", default_value_t = ChallengeSettings::DEFAULT_TTL.whole_seconds())]
+    pub(super) challenge_ttl_secs: i64,
+
+    /// For the adaptive policy: percent of its rate-limit burst a client IP uses before
+    /// challenges are required (1 to 99; the hard limit is 100).
+    #[arg(
+        long,
+        env = "IDENTITY_CHALLENGE_SOFT_THRESHOLD_PERCENT",
+        default_value_t = ChallengeSettings::DEFAULT_SOFT_THRESHOLD_PERCENT
+    )]
+    pub(super) challenge_soft_threshold_percent: u8,
 
     /// Most database connections open at once.
     #[arg(long, env = "IDENTITY_DB_POOL_SIZE", default_value_t = 16)]

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use super::serve_args::{MAX_ACTIVATION_DELAY_SECS, MAX_REFRESH_REUSE_GRACE_SECS, ServeArgs};
 use crate::{
+    challenge::{self, ChallengeKey, Policy},
     db,
     domain::CodeKey,
     hashing::HashingConfig,
@@ -24,6 +25,7 @@ impl ServeArgs {
 
         let code_key = CodeKey::new(self.code_hmac_key.expose_secret().as_bytes().to_vec())
             .map_err(|e| anyhow::anyhow!("IDENTITY_CODE_HMAC_KEY {e}"))?;
+        let challenge = self.challenge_settings()?;
         let params = Params::new(self.argon2_m_kib, self.argon2_t, self.argon2_p, None)
             .map_err(|e| anyhow::anyhow!("invalid Argon2 parameters: {e}"))?;
         let workers = self.hash_workers.unwrap_or_else(|| {
@@ -148,6 +150,7 @@ impl ServeArgs {
                 token_ttl: time::Duration::seconds(self.reset_token_ttl_secs),
                 cooldown: time::Duration::seconds(self.reset_cooldown_secs),
             },
+            challenge,
             cors_allowed_origins: self.cors_allowed_origins,
             janitor: janitor::Settings {
                 interval: Duration::from_secs(self.janitor_interval_secs),
@@ -166,4 +169,53 @@ impl ServeArgs {
             },
         })
     }
+}
+
+impl ServeArgs {
+    /// The `IDENTITY_CHALLENGE_*` options, checked.
+    fn challenge_settings(&self) -> anyhow::Result<challenge::Settings> {
+        use secrecy::ExposeSecret;
+
+        let key = match (&self.challenge_hmac_key, self.challenge_policy) {
+            (Some(key), _) => Some(
+                ChallengeKey::new(key.expose_secret().as_bytes().to_vec())
+                    .map_err(|e| anyhow::anyhow!("IDENTITY_CHALLENGE_HMAC_KEY {e}"))?,
+            ),
+            (None, Policy::Off) => None,
+            (None, policy) => anyhow::bail!(
+                "IDENTITY_CHALLENGE_HMAC_KEY is required with IDENTITY_CHALLENGE_POLICY={} \
+                 (set a key of at least 32 bytes, the same on every replica, or set the policy \
+                 to off)",
+                policy_name(policy)
+            ),
+        };
+        anyhow::ensure!(
+            (1_000..=10_000_000).contains(&self.challenge_max_number),
+            "IDENTITY_CHALLENGE_MAX_NUMBER must be between 1000 and 10000000"
+        );
+        anyhow::ensure!(
+            (60..=86_400).contains(&self.challenge_ttl_secs),
+            "IDENTITY_CHALLENGE_TTL_SECS must be between 60 and 86400"
+        );
+        anyhow::ensure!(
+            (1..=99).contains(&self.challenge_soft_threshold_percent),
+            "IDENTITY_CHALLENGE_SOFT_THRESHOLD_PERCENT must be between 1 and 99"
+        );
+        Ok(challenge::Settings {
+            policy: self.challenge_policy,
+            key,
+            max_number: self.challenge_max_number,
+            ttl: time::Duration::seconds(self.challenge_ttl_secs),
+            soft_threshold_percent: self.challenge_soft_threshold_percent,
+        })
+    }
+}
+
+/// The policy as it is written on the command line.
+fn policy_name(policy: Policy) -> String {
+    use clap::ValueEnum;
+    policy.to_possible_value().map_or_else(
+        || format!("{policy:?}"),
+        |value| value.get_name().to_owned(),
+    )
 }

@@ -2,6 +2,7 @@
 //! one module of queries per table. Queries take an open connection, so callers decide the
 //! transaction they run in.
 
+pub mod challenge_solutions;
 pub mod outbox;
 pub mod password_reset;
 pub mod retention;

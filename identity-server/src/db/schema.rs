@@ -1,6 +1,13 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    challenge_solutions (challenge) {
+        challenge -> Bytea,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     login_throttle (email_key) {
         email_key -> Text,
         failures -> Int4,
@@ -94,6 +101,7 @@ diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(verification_secrets -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    challenge_solutions,
     login_throttle,
     outbox,
     password_reset_tokens,

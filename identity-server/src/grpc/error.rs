@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
+    challenge::ChallengeError,
     db::StoreError,
     domain::Invalid,
     password_reset::ResetError,
@@ -239,6 +240,29 @@ impl From<ResetError> for Status {
             ),
             ResetError::Store(e) => e.into(),
             ResetError::Unexpected(e) => unexpected(e.as_ref()),
+        }
+    }
+}
+
+impl From<ChallengeError> for Status {
+    fn from(error: ChallengeError) -> Self {
+        match error {
+            ChallengeError::Required => status(
+                Code::FailedPrecondition,
+                "CHALLENGE_REQUIRED",
+                "solve a proof-of-work challenge (ChallengeService.CreateChallenge) and send it in the altcha field",
+            ),
+            ChallengeError::Invalid => status(
+                Code::FailedPrecondition,
+                "CHALLENGE_INVALID",
+                "the proof-of-work solution is not valid; solve a new challenge",
+            ),
+            ChallengeError::Disabled => status(
+                Code::FailedPrecondition,
+                "CHALLENGE_DISABLED",
+                "proof-of-work challenges are disabled on this server",
+            ),
+            ChallengeError::Store(e) => e.into(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC edge: tonic services that parse requests into domain types, call the use cases,
 //! and turn their errors into statuses (all in [`error`]).
 
+mod challenge;
 pub mod error;
 mod keys;
 mod password_reset;
@@ -8,6 +9,7 @@ mod registration;
 mod sessions;
 mod users;
 
+pub use challenge::ChallengeApi;
 pub use keys::KeyApi;
 pub use password_reset::PasswordResetApi;
 pub use registration::RegistrationApi;

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
 use crate::{
+    challenge::{Challenges, IpPressure},
     domain::{EmailAddress, Invalid, VerificationToken},
     password_reset::PasswordReset,
 };
@@ -15,12 +16,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct PasswordResetApi {
     reset: Arc<PasswordReset>,
+    challenges: Arc<Challenges>,
 }
 
 impl PasswordResetApi {
-    /// Serves `reset`.
-    pub fn new(reset: Arc<PasswordReset>) -> Self {
-        Self { reset }
+    /// Serves `reset`; RequestPasswordReset passes `challenges` first.
+    pub fn new(reset: Arc<PasswordReset>, challenges: Arc<Challenges>) -> Self {
+        Self { reset, challenges }
     }
 }
 
@@ -35,6 +37,10 @@ impl PasswordResetService for PasswordResetApi {
         else {
             return Err(violations.into());
         };
+        // TODO(issue 8, integration): the rate limiter's admission instead of Unknown.
+        (self.challenges)
+            .check(&request.get_ref().altcha, IpPressure::Unknown)
+            .await?;
         self.reset.request(email).await?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
     }

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
 use crate::{
+    challenge::{Challenges, IpPressure},
     domain::{
         DisplayName, EmailAddress, Invalid, Locale, Password, VerificationCode, VerificationToken,
     },
@@ -17,12 +18,16 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RegistrationApi {
     registration: Arc<Registration>,
+    challenges: Arc<Challenges>,
 }
 
 impl RegistrationApi {
-    /// Serves `registration`.
-    pub fn new(registration: Arc<Registration>) -> Self {
-        Self { registration }
+    /// Serves `registration`; Register and ResendVerificationEmail pass `challenges` first.
+    pub fn new(registration: Arc<Registration>, challenges: Arc<Challenges>) -> Self {
+        Self {
+            registration,
+            challenges,
+        }
     }
 }
 
@@ -89,7 +94,12 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let input = NewRegistration::try_from(request.into_inner())?;
+        let mut request = request.into_inner();
+        let altcha = std::mem::take(&mut request.altcha);
+        let input = NewRegistration::try_from(request)?;
+        // TODO(issue 8, integration): the rate limiter's admission for this client IP, as
+        // IpPressure::of_burst, instead of Unknown (the adaptive policy needs it).
+        self.challenges.check(&altcha, IpPressure::Unknown).await?;
         let user_id = self.registration.register(input).await?;
         Ok(Response::new(pb::RegisterResponse {
             user_id: user_id.to_string(),
@@ -118,6 +128,10 @@ impl RegistrationService for RegistrationApi {
         else {
             return Err(violations.into());
         };
+        // TODO(issue 8, integration): the rate limiter's admission instead of Unknown.
+        (self.challenges)
+            .check(&request.get_ref().altcha, IpPressure::Unknown)
+            .await?;
         self.registration.resend_verification_email(email).await?;
         Ok(Response::new(pb::ResendVerificationEmailResponse {}))
     }

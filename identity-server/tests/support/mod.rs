@@ -85,6 +85,7 @@ impl TestApp {
             keys: std::sync::Arc::new(keys),
             sessions: sessions::Settings::default(),
             password_reset: identity_server::password_reset::Settings::default(),
+            challenge: identity_server::challenge::Settings::off(),
             cors_allowed_origins: Vec::new(),
             janitor: identity_server::janitor::Settings::default(),
             readiness_interval: Duration::from_secs(5),
@@ -159,6 +160,7 @@ impl TestApp {
             .clone()
             .resend_verification_email(pb::ResendVerificationEmailRequest {
                 email: email.into(),
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -240,6 +242,7 @@ pub fn register_request(email: &str) -> pb::RegisterRequest {
         password: PASSWORD.into(),
         display_name: "Ada Lovelace".into(),
         locale: "en".into(),
+        ..Default::default()
     }
 }
 

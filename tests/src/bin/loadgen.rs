@@ -88,6 +88,7 @@ async fn register_once(
         password: "tangerine-kettle-orbit-42".into(),
         display_name: "Load Generator".into(),
         locale: "en".into(),
+        ..Default::default()
     };
     let started = Instant::now();
     match client.register(request).await {

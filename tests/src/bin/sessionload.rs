@@ -74,6 +74,7 @@ async fn active_users(
                 password: PASSWORD.into(),
                 display_name: "Session Load".into(),
                 locale: "en".into(),
+                ..Default::default()
             })
             .await
             .context("registering")?;
