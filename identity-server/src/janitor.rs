@@ -10,7 +10,8 @@
 //! - sessions once they expire, with their refresh tokens;
 //! - login-throttle rows `login_throttle_retention` after both their last failure and their
 //!   block;
-//! - dead letters (`outbox_dead`) `dead_letter_retention` after they died.
+//! - dead letters (`outbox_dead`) `dead_letter_retention` after they died;
+//! - the email budget's ledger rows a day after their send, when they no longer count.
 //!
 //! Every replica runs one; they never delete the same row or wait on each other
 //! ([`db::retention`]).
@@ -22,6 +23,7 @@ use time::Duration;
 use crate::{
     clock::Clock,
     db::{self, StoreError, retention::Due},
+    domain::EmailBudget,
 };
 
 /// When the janitor runs and what it keeps.
@@ -64,6 +66,7 @@ pub struct Swept {
     pub sessions: usize,
     pub login_throttles: usize,
     pub dead_letters: usize,
+    pub email_sends: usize,
 }
 
 impl Swept {
@@ -76,6 +79,7 @@ impl Swept {
             + self.sessions
             + self.login_throttles
             + self.dead_letters
+            + self.email_sends
     }
 
     fn count(&mut self, due: Due, deleted: usize) {
@@ -87,6 +91,7 @@ impl Swept {
             Due::ExpiredSessions { .. } => &mut self.sessions,
             Due::StaleLoginThrottles { .. } => &mut self.login_throttles,
             Due::DeadLetters { .. } => &mut self.dead_letters,
+            Due::EmailSends { .. } => &mut self.email_sends,
         };
         *counter += deleted;
     }
@@ -146,6 +151,9 @@ impl Janitor {
             Due::DeadLetters {
                 dead_before: now - s.dead_letter_retention,
             },
+            Due::EmailSends {
+                sent_before: now - EmailBudget::WINDOW,
+            },
         ];
         let mut swept = Swept::default();
         for due in kinds {
@@ -178,6 +186,7 @@ impl Janitor {
                     sessions = swept.sessions,
                     login_throttles = swept.login_throttles,
                     dead_letters = swept.dead_letters,
+                    email_sends = swept.email_sends,
                     "janitor deleted expired rows"
                 ),
                 Ok(_) => tracing::debug!("janitor found nothing due"),

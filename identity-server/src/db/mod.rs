@@ -2,6 +2,7 @@
 //! one module of queries per table. Queries take an open connection, so callers decide the
 //! transaction they run in.
 
+pub mod email_budget;
 pub mod outbox;
 pub mod password_reset;
 pub mod retention;
@@ -24,7 +25,7 @@ pub use migrations::{MIGRATION_LOCK_KEY, MIGRATIONS, pending_migrations, run_mig
 
 #[diesel::declare_sql_function]
 extern "SQL" {
-    /// PostgreSQL's `lower(text)`, as the unique index on `users` compares addresses.
+    /// PostgreSQL's `lower(text)`, as the indexes on `users` compare addresses.
     fn lower(value: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
 

@@ -3,7 +3,8 @@
 //! Each batch is one statement: it picks at most `limit` due rows with `FOR UPDATE SKIP
 //! LOCKED` and deletes them, so any number of janitors (one per replica) run at once, each
 //! deleting rows no other holds, and none waits for a request that holds a row. Each `WHERE`
-//! clause has an index of its own (migrations `..._retention_and_code_cap`).
+//! clause has an index of its own (migrations `..._retention_and_code_cap`,
+//! `..._pending_registrations`).
 
 use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -32,6 +33,8 @@ pub enum Due {
     StaleLoginThrottles { stale_before: OffsetDateTime },
     /// Dead letters older than the cutoff.
     DeadLetters { dead_before: OffsetDateTime },
+    /// Email budget ledger rows of sends made before the cutoff.
+    EmailSends { sent_before: OffsetDateTime },
 }
 
 /// Deletes at most `limit` due rows of one kind; returns how many it deleted.
@@ -100,6 +103,13 @@ pub async fn delete_batch(
                 WHERE dead_at <= $1
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             dead_before,
+        ),
+        Due::EmailSends { sent_before } => (
+            "DELETE FROM email_sends WHERE id IN (
+                SELECT id FROM email_sends
+                WHERE sent_at <= $1
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            sent_before,
         ),
     };
     let query = diesel::sql_query(sql)
