@@ -1,6 +1,15 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    email_sends (id) {
+        id -> Uuid,
+        address_key -> Text,
+        kind -> Text,
+        sent_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     login_throttle (email_key) {
         email_key -> Text,
         failures -> Int4,
@@ -94,6 +103,7 @@ diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(verification_secrets -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    email_sends,
     login_throttle,
     outbox,
     password_reset_tokens,
