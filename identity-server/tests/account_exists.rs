@@ -53,3 +53,25 @@ async fn the_owner_is_told_at_most_once_an_hour_however_many_registrations_hit_t
     app.register("ada@example.com").await.expect("answers OK");
     assert_eq!(app.queued_to(KIND, "ada@example.com").await.len(), 2);
 }
+
+#[tokio::test]
+async fn with_enumeration_safety_off_an_active_address_is_already_exists_and_nobody_is_told() {
+    let app = TestApp::spawn_with(|settings| {
+        settings.registration.enumeration_safe = false;
+    })
+    .await;
+    calls::active_user(&app, "ada@example.com").await;
+
+    let status = app
+        .register("ADA@example.com")
+        .await
+        .expect_err("the address is taken");
+
+    support::assert_error(
+        &status,
+        tonic::Code::AlreadyExists,
+        "EMAIL_ALREADY_REGISTERED",
+    );
+    assert!(app.queued_to(KIND, "ada@example.com").await.is_empty());
+    assert_eq!(app.rows_of("ada@example.com").await.len(), 1);
+}

@@ -38,10 +38,11 @@ async fn register_and_resends_queue_at_most_three_emails_an_hour_to_one_address(
     }
     assert_eq!(app.count_outbox_to("ada@example.com").await, 3);
 
-    // The window slides: an hour after the first email, one more may go.
+    // The window slides: an hour after the first three emails, three more may go.
     app.clock.advance(Duration::minutes(60) + Duration::seconds(1));
-    app.resend("ada@example.com").await.expect("answers OK");
-    app.resend("ada@example.com").await.expect("answers OK");
+    for _ in 0..4 {
+        app.resend("ada@example.com").await.expect("answers OK");
+    }
     assert_eq!(app.count_outbox_to("ada@example.com").await, 6);
 }
 
@@ -136,4 +137,34 @@ async fn reset_requests_share_the_budget_and_the_password_changed_notice_is_not_
         .await;
     assert_eq!(notices.len(), 1, "the security notice goes out past the budget");
     assert_eq!(app.count_outbox_to("ada@example.com").await, 4);
+}
+
+#[tokio::test]
+async fn with_enumeration_safety_off_a_registration_past_the_budget_is_resource_exhausted() {
+    let app = TestApp::spawn_with(|settings| {
+        settings.registration.enumeration_safe = false;
+    })
+    .await;
+    for _ in 0..3 {
+        app.register("ada@example.com").await.expect("registers");
+    }
+    app.clock.advance(Duration::minutes(20));
+
+    let status = app
+        .register("ada@example.com")
+        .await
+        .expect_err("the budget is spent");
+
+    support::assert_error(
+        &status,
+        tonic::Code::ResourceExhausted,
+        "EMAIL_BUDGET_EXHAUSTED",
+    );
+    use tonic_types::StatusExt;
+    let retry = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a RetryInfo");
+    assert_eq!(retry, std::time::Duration::from_secs(40 * 60));
+    assert_eq!(app.rows_of("ada@example.com").await.len(), 3);
 }
