@@ -66,17 +66,29 @@ pub async fn try_spend(
         .await?;
     let spend = budget.decide(&sent, now);
     if spend == Spend::Allowed {
-        diesel::insert_into(email_sends::table)
-            .values(&NewSend {
-                id: Uuid::now_v7(),
-                address_key,
-                kind,
-                sent_at: now,
-            })
-            .execute(conn)
-            .await?;
+        record_send(conn, address_key, kind, now).await?;
     }
     Ok(spend)
+}
+
+/// Records an email of `kind` to `address_key` at `now` in the ledger, unconditionally; use
+/// [`try_spend`] to respect the budget.
+pub async fn record_send(
+    conn: &mut AsyncPgConnection,
+    address_key: &str,
+    kind: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    diesel::insert_into(email_sends::table)
+        .values(&NewSend {
+            id: Uuid::now_v7(),
+            address_key,
+            kind,
+            sent_at: now,
+        })
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// When an email of `kind` last went to `address_key`, within the last day (the ledger keeps no

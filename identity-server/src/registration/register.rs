@@ -109,7 +109,13 @@ impl Registration {
         let mut retry = db::retry::Retry::default();
         let outcome = loop {
             let attempt = conn
-                .transaction(async |conn| self.register_in(conn, &new, now).await)
+                .transaction(async |conn| {
+                    let outcome = self.register_in(conn, &new, now).await?;
+                    if outcome != Outcome::Pending && self.settings.enumeration_safe {
+                        self.rehearse(conn, &new, now).await?;
+                    }
+                    Ok::<_, RegisterError>(outcome)
+                })
                 .await;
             if let Some(done) = retry.settle(attempt).await {
                 break done;
@@ -169,6 +175,45 @@ impl Registration {
                 return Err(RegisterError::EmailBudgetExhausted { retry_after });
             }
         }
+        self.insert_pending(conn, new, now).await?;
+        Ok(Outcome::Pending)
+    }
+
+    /// Makes the writes a new registration makes (the budget's ledger row, the user row, its
+    /// secret, the outbox message and its notification) inside a savepoint, and rolls them
+    /// back. A call that creates nothing then costs what a call that creates an account costs
+    /// (the same statements, a commit that writes), so the time of the answer does not tell an
+    /// active address, or a spent budget, from a new address.
+    async fn rehearse(
+        &self,
+        conn: &mut AsyncPgConnection,
+        new: &PendingUser<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(), RegisterError> {
+        let rehearsal = conn
+            .transaction(async |conn| {
+                db::email_budget::record_send(conn, &new.email.key(), EmailVerificationV1::KIND, now)
+                    .await?;
+                self.insert_pending(conn, new, now).await?;
+                Err::<(), RegisterError>(diesel::result::Error::RollbackTransaction.into())
+            })
+            .await;
+        match rehearsal {
+            Err(RegisterError::Store(StoreError::Query(
+                diesel::result::Error::RollbackTransaction,
+            ))) => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Inserts the pending registration `new` and queues its verification email.
+    async fn insert_pending(
+        &self,
+        conn: &mut AsyncPgConnection,
+        new: &PendingUser<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(), RegisterError> {
         db::users::insert(
             conn,
             &db::users::NewUser {
@@ -190,7 +235,7 @@ impl Registration {
             locale: new.locale.as_ref(),
         };
         self.issue_verification(conn, &to, now).await?;
-        Ok(Outcome::Pending)
+        Ok(())
     }
 }
 

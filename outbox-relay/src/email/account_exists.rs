@@ -71,7 +71,7 @@ mod tests {
         );
         for body in [email.text(), email.html()] {
             assert!(body.contains("Bonjour Ada,"), "{body}");
-            assert!(body.contains("le mardi 1 décembre 2026 à 9\u{a0}h\u{a0}05 UTC"), "{body}");
+            assert!(body.contains("le mardi 1er décembre 2026 à 9\u{a0}h\u{a0}05 UTC"), "{body}");
             assert!(body.contains("Votre compte n’a pas changé"), "{body}");
         }
         assert!(email.html().contains("<html lang=\"fr\">"));
