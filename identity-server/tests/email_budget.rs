@@ -39,7 +39,8 @@ async fn register_and_resends_queue_at_most_three_emails_an_hour_to_one_address(
     assert_eq!(app.count_outbox_to("ada@example.com").await, 3);
 
     // The window slides: an hour after the first three emails, three more may go.
-    app.clock.advance(Duration::minutes(60) + Duration::seconds(1));
+    app.clock
+        .advance(Duration::minutes(60) + Duration::seconds(1));
     for _ in 0..4 {
         app.resend("ada@example.com").await.expect("answers OK");
     }
@@ -59,7 +60,8 @@ async fn at_most_ten_emails_a_day_go_to_one_address() {
     assert_eq!(app.count_outbox_to("ada@example.com").await, 10);
 
     // A day after the first email, the first one no longer counts.
-    app.clock.advance(Duration::hours(24) - Duration::minutes(6 * 61) + Duration::seconds(1));
+    app.clock
+        .advance(Duration::hours(24) - Duration::minutes(6 * 61) + Duration::seconds(1));
     app.resend("ada@example.com").await.expect("answers OK");
     assert_eq!(app.count_outbox_to("ada@example.com").await, 11);
 }
@@ -121,7 +123,11 @@ async fn reset_requests_share_the_budget_and_the_password_changed_notice_is_not_
     let resets = app
         .queued_to(EmailPasswordResetV1::KIND, "ada@example.com")
         .await;
-    assert_eq!(resets.len(), 2, "1 verification + 2 resets = the hourly budget");
+    assert_eq!(
+        resets.len(),
+        2,
+        "1 verification + 2 resets = the hourly budget"
+    );
 
     let token = resets[0]["token"].as_str().expect("a token").to_owned();
     PasswordResetServiceClient::new(app.channel.clone())
@@ -135,7 +141,11 @@ async fn reset_requests_share_the_budget_and_the_password_changed_notice_is_not_
     let notices = app
         .queued_to(EmailPasswordChangedV1::KIND, "ada@example.com")
         .await;
-    assert_eq!(notices.len(), 1, "the security notice goes out past the budget");
+    assert_eq!(
+        notices.len(),
+        1,
+        "the security notice goes out past the budget"
+    );
     assert_eq!(app.count_outbox_to("ada@example.com").await, 4);
 }
 

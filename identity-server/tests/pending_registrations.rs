@@ -33,7 +33,10 @@ async fn a_second_registration_of_a_pending_address_gets_its_own_account_and_ema
     assert_ne!(first.user_id, second.user_id);
     let rows = app.rows_of("victim@example.com").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert!(rows.iter().all(|(_, status)| status == "pending_verification"));
+    assert!(
+        rows.iter()
+            .all(|(_, status)| status == "pending_verification")
+    );
     let emails = app.emails_to("victim@example.com").await;
     assert_eq!(emails.len(), 2);
     assert_ne!(emails[0].token, emails[1].token);

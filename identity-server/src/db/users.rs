@@ -115,7 +115,10 @@ pub async fn lock_address_rows(
 }
 
 /// The address of the user with this id, unlocked; `None` once the account is gone.
-pub async fn email_of(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<String>, StoreError> {
+pub async fn email_of(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
     Ok(users::table
         .find(id)
         .select(users::email)

@@ -58,7 +58,8 @@ impl EmailBudget {
     /// (those of the last day at least; any order). A send counts while it is less than the
     /// window old.
     pub fn decide(self, sent: &[OffsetDateTime], now: OffsetDateTime) -> Spend {
-        let mut day: Vec<OffsetDateTime> = sent.iter().copied().filter(|t| now - *t < DAY).collect();
+        let mut day: Vec<OffsetDateTime> =
+            sent.iter().copied().filter(|t| now - *t < DAY).collect();
         day.sort_unstable();
         let hour: Vec<OffsetDateTime> = day.iter().copied().filter(|t| now - *t < HOUR).collect();
         // With n sends in a window of limit k, one more is allowed once the (n - k + 1)-th

@@ -151,8 +151,7 @@ impl Registration {
             if last.is_some_and(|last| now - last < ACCOUNT_EXISTS_NOTICE_INTERVAL) {
                 return Ok(Outcome::OwnerRecentlyNotified);
             }
-            if db::email_budget::try_spend(conn, &key, kind, budget, now).await? != Spend::Allowed
-            {
+            if db::email_budget::try_spend(conn, &key, kind, budget, now).await? != Spend::Allowed {
                 return Ok(Outcome::OverBudget);
             }
             let notice = EmailAccountExistsV1 {
@@ -192,8 +191,13 @@ impl Registration {
     ) -> Result<(), RegisterError> {
         let rehearsal = conn
             .transaction(async |conn| {
-                db::email_budget::record_send(conn, &new.email.key(), EmailVerificationV1::KIND, now)
-                    .await?;
+                db::email_budget::record_send(
+                    conn,
+                    &new.email.key(),
+                    EmailVerificationV1::KIND,
+                    now,
+                )
+                .await?;
                 self.insert_pending(conn, new, now).await?;
                 Err::<(), RegisterError>(diesel::result::Error::RollbackTransaction.into())
             })

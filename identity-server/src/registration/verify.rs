@@ -220,7 +220,10 @@ impl Registration {
         db::verification::consume_all(conn, user_id, now).await?;
         let removed = db::users::delete_other_pending(conn, email, user_id).await?;
         if removed > 0 {
-            tracing::info!(removed, "other pending registrations of the address deleted");
+            tracing::info!(
+                removed,
+                "other pending registrations of the address deleted"
+            );
         }
         Ok(Ok(user_id))
     }

@@ -48,7 +48,10 @@ mod tests {
     fn the_english_notice_says_what_happened_and_what_to_do() {
         let email = render("en", "Ada Lovelace");
         assert_eq!(email.locale(), Locale::En);
-        assert_eq!(email.subject(), "Someone tried to sign up with your email address");
+        assert_eq!(
+            email.subject(),
+            "Someone tried to sign up with your email address"
+        );
         for body in [email.text(), email.html()] {
             assert!(body.contains("Hello Ada Lovelace,"), "{body}");
             assert!(
@@ -71,7 +74,10 @@ mod tests {
         );
         for body in [email.text(), email.html()] {
             assert!(body.contains("Bonjour Ada,"), "{body}");
-            assert!(body.contains("le mardi 1er décembre 2026 à 9\u{a0}h\u{a0}05 UTC"), "{body}");
+            assert!(
+                body.contains("le mardi 1er décembre 2026 à 9\u{a0}h\u{a0}05 UTC"),
+                "{body}"
+            );
             assert!(body.contains("Votre compte n’a pas changé"), "{body}");
         }
         assert!(email.html().contains("<html lang=\"fr\">"));
