@@ -234,3 +234,62 @@ async fn register_answers_new_and_registered_addresses_alike() {
         "the interquartile ranges overlap"
     );
 }
+
+#[tokio::test]
+async fn with_enumeration_safety_turned_off_by_its_variable_an_active_address_is_already_exists() {
+    let server = Server::start(&[("IDENTITY_REGISTER_ENUMERATION_SAFE", "false")]).await;
+    let mut client = server.registration().await;
+    client
+        .register(request("owner@example.com", VICTIM_PASSWORD))
+        .await
+        .expect("registers");
+    let token = server.emails_to("owner@example.com").await[0].token.clone();
+    verify(&mut client, token).await.expect("verifies");
+
+    let status = client
+        .register(request("OWNER@example.com", VICTIM_PASSWORD))
+        .await
+        .expect_err("the address is taken");
+
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(reason(&status), "EMAIL_ALREADY_REGISTERED");
+}
+
+#[test]
+fn serve_refuses_an_email_budget_or_an_enumeration_setting_that_makes_no_sense() {
+    let base = [
+        ("DATABASE_URL", "postgres://identity@127.0.0.1:1/identity"),
+        ("IDENTITY_CODE_HMAC_KEY", identity_tests::server::CODE_KEY),
+        ("IDENTITY_KEYS_DIR", "/nonexistent-keys"),
+    ];
+    for (setting, named) in [
+        (
+            [
+                ("IDENTITY_EMAIL_BUDGET_PER_HOUR", "5"),
+                ("IDENTITY_EMAIL_BUDGET_PER_DAY", "4"),
+            ],
+            "IDENTITY_EMAIL_BUDGET_PER_DAY",
+        ),
+        (
+            [
+                ("IDENTITY_EMAIL_BUDGET_PER_HOUR", "0"),
+                ("IDENTITY_EMAIL_BUDGET_PER_DAY", "10"),
+            ],
+            "IDENTITY_EMAIL_BUDGET_PER_HOUR",
+        ),
+        (
+            [
+                ("IDENTITY_REGISTER_ENUMERATION_SAFE", "maybe"),
+                ("IDENTITY_EMAIL_BUDGET_PER_DAY", "10"),
+            ],
+            "register-enumeration-safe",
+        ),
+    ] {
+        let mut env = base.to_vec();
+        env.extend_from_slice(&setting);
+        let output = identity_tests::process::run("identity-server", &["serve"], &env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{setting:?} was accepted");
+        assert!(stderr.contains(named), "{setting:?}: {stderr}");
+    }
+}
