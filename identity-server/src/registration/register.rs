@@ -89,7 +89,7 @@ impl Registration {
     /// With enumeration safety on (the default), an address with an active account, and an
     /// address whose email budget is spent, get the same answer as a new address: a fresh id
     /// that names no account. The password is hashed in every case, and a call that creates
-    /// nothing rehearses the writes of one that does ([`Self::rehearse`]), so the answer takes
+    /// nothing rehearses the writes of one that does (`rehearse`), so the answer takes
     /// as long. The owner of an active account is emailed a notice, at most once an hour.
     #[tracing::instrument(name = "register", skip_all, fields(user_id = field::Empty))]
     pub async fn register(&self, input: NewRegistration) -> Result<Uuid, RegisterError> {
