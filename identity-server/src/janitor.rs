@@ -13,6 +13,7 @@
 //! - dead letters (`outbox_dead`) `dead_letter_retention` after they died;
 //! - marks of used challenge solutions [`CHALLENGE_CLOCK_MARGIN`] after their challenge
 //!   expired (an expired solution is refused anyway).
+//! - the email budget's ledger rows a day after their send, when they no longer count.
 //!
 //! Every replica runs one; they never delete the same row or wait on each other
 //! ([`db::retention`]).
@@ -24,6 +25,7 @@ use time::Duration;
 use crate::{
     clock::Clock,
     db::{self, StoreError, retention::Due},
+    domain::EmailBudget,
 };
 
 /// How long a used challenge solution stays marked after its challenge expired: a replica whose
@@ -71,6 +73,7 @@ pub struct Swept {
     pub login_throttles: usize,
     pub dead_letters: usize,
     pub challenge_solutions: usize,
+    pub email_sends: usize,
 }
 
 impl Swept {
@@ -84,6 +87,7 @@ impl Swept {
             + self.login_throttles
             + self.dead_letters
             + self.challenge_solutions
+            + self.email_sends
     }
 
     fn count(&mut self, due: Due, deleted: usize) {
@@ -96,6 +100,7 @@ impl Swept {
             Due::StaleLoginThrottles { .. } => &mut self.login_throttles,
             Due::DeadLetters { .. } => &mut self.dead_letters,
             Due::ChallengeSolutions { .. } => &mut self.challenge_solutions,
+            Due::EmailSends { .. } => &mut self.email_sends,
         };
         *counter += deleted;
     }
@@ -158,6 +163,9 @@ impl Janitor {
             Due::ChallengeSolutions {
                 expired_before: now - CHALLENGE_CLOCK_MARGIN,
             },
+            Due::EmailSends {
+                sent_before: now - EmailBudget::WINDOW,
+            },
         ];
         let mut swept = Swept::default();
         for due in kinds {
@@ -191,6 +199,7 @@ impl Janitor {
                     login_throttles = swept.login_throttles,
                     dead_letters = swept.dead_letters,
                     challenge_solutions = swept.challenge_solutions,
+                    email_sends = swept.email_sends,
                     "janitor deleted expired rows"
                 ),
                 Ok(_) => tracing::debug!("janitor found nothing due"),

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     clock::Clock,
     db::{self, StoreError, retry::MaybeStoreError},
-    domain::{EmailAddress, Invalid, Password, TokenHash, UserStatus, VerificationToken},
+    domain::{EmailAddress, EmailBudget, Invalid, Password, Spend, TokenHash, VerificationToken},
     hashing::{HashError, PasswordHasher},
 };
 
@@ -24,6 +24,9 @@ pub struct Settings {
     pub token_ttl: Duration,
     /// Least time between two reset emails to one account.
     pub cooldown: Duration,
+    /// Emails one address may be sent, shared with sign-up. The notice after a completed
+    /// reset is not counted: a user must always learn that their password changed.
+    pub email_budget: EmailBudget,
 }
 
 impl Default for Settings {
@@ -31,6 +34,7 @@ impl Default for Settings {
         Self {
             token_ttl: Duration::hours(1),
             cooldown: Duration::seconds(60),
+            email_budget: EmailBudget::default(),
         }
     }
 }
@@ -111,8 +115,8 @@ impl PasswordReset {
         }
     }
 
-    /// Queues a reset email for an active account outside the cooldown; returns whether it did.
-    /// The caller answers OK either way.
+    /// Queues a reset email for an active account outside the cooldown and within the
+    /// address's email budget; returns whether it did. The caller answers OK either way.
     #[tracing::instrument(name = "request_password_reset", skip_all, fields(user_id = field::Empty))]
     pub async fn request(&self, email: EmailAddress) -> Result<bool, ResetError> {
         let now = self.clock.now();
@@ -130,23 +134,30 @@ impl PasswordReset {
         Ok(queued)
     }
 
-    /// The request's transaction: under the user row's lock, so that the cooldown check and
-    /// the insert cannot interleave with another request.
+    /// The request's transaction: under the address's lock, so that the cooldown and budget
+    /// checks and the insert cannot interleave with another request or a sign-up.
     async fn queue_reset_email(
         &self,
         conn: &mut AsyncPgConnection,
         email: &EmailAddress,
         now: OffsetDateTime,
     ) -> Result<bool, ResetError> {
-        let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
+        let key = email.key();
+        db::email_budget::lock_address(conn, &key).await?;
+        let rows = db::users::lock_address_rows(conn, email.as_ref()).await?;
+        // Only an active account can reset its password; pending registrations cannot.
+        let Some(user) = rows.active() else {
             return Ok(false);
         };
         tracing::Span::current().record("user_id", field::display(user.id));
-        if UserStatus::from_db(&user.status) != Some(UserStatus::Active) {
-            return Ok(false);
-        }
         let last = db::password_reset::latest_issued_at(conn, user.id).await?;
         if last.is_some_and(|last| now - last < self.settings.cooldown) {
+            return Ok(false);
+        }
+        let budget = self.settings.email_budget;
+        let kind = EmailPasswordResetV1::KIND;
+        if db::email_budget::try_spend(conn, &key, kind, budget, now).await? != Spend::Allowed {
+            tracing::info!("password reset not queued: the address's email budget is spent");
             return Ok(false);
         }
         let token = VerificationToken::generate();

@@ -118,6 +118,27 @@ async fn a_never_verified_account_is_deleted_after_the_ttl_and_its_address_can_r
 }
 
 #[tokio::test]
+async fn the_email_budget_ledger_keeps_a_send_for_a_day_then_deletes_it() {
+    let app = TestApp::spawn().await;
+    let janitor = janitor(&app, settings());
+    let sent_at = app.now();
+    app.register("ada@example.com").await.expect("registers");
+    app.clock.advance(Duration::hours(1));
+    app.register("grace@example.com").await.expect("registers");
+
+    assert_deleted_exactly_when_due(
+        &app,
+        &janitor,
+        sent_at + Duration::days(1),
+        "SELECT count(*) AS n FROM email_sends WHERE address_key = 'ada@example.com'",
+        1,
+    )
+    .await;
+    let kept = count(&app, "SELECT count(*) AS n FROM email_sends").await;
+    assert_eq!(kept, 1, "the later send is kept");
+}
+
+#[tokio::test]
 async fn a_pending_account_past_the_ttl_is_kept_while_a_link_of_it_still_works() {
     let app = TestApp::spawn().await;
     let janitor = janitor(&app, settings());

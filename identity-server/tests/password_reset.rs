@@ -271,6 +271,10 @@ async fn concurrent_resets_of_one_user_with_distinct_tokens_succeed_once_and_nev
             queue: 64,
         };
         settings.database.max_size = 16;
+        // Sixteen reset emails to one address: far past the default email budget.
+        let budget = identity_server::domain::EmailBudget::new(32, 32).expect("valid");
+        settings.registration.email_budget = budget;
+        settings.password_reset.email_budget = budget;
     })
     .await;
     active_user(&app, "ada@example.com").await;

@@ -137,11 +137,15 @@ async fn error_messages_never_echo_the_password() {
 }
 
 #[tokio::test]
-async fn registering_an_address_taken_in_another_letter_case_is_rejected() {
-    let app = TestApp::spawn().await;
+async fn with_enumeration_safety_off_an_active_address_in_another_letter_case_is_rejected() {
+    // By default such a call answers OK (tests/account_exists.rs); trusted internal callers may
+    // turn that off and be told.
+    let app = TestApp::spawn_with(|settings| settings.registration.enumeration_safe = false).await;
     app.register("grace@example.com")
         .await
         .expect("first registration");
+    let email = app.email_to("grace@example.com").await;
+    app.verify_token(&email.token).await.expect("verifies");
 
     let status = app
         .register("GRACE@Example.COM")
@@ -154,12 +158,17 @@ async fn registering_an_address_taken_in_another_letter_case_is_rejected() {
 }
 
 #[tokio::test]
-async fn thirty_two_concurrent_registrations_of_one_address_create_exactly_one_user() {
-    let app = TestApp::spawn().await;
+async fn thirty_two_concurrent_registrations_of_one_address_each_get_a_registration_and_one_wins() {
+    // A budget large enough for all of them: the budget itself is tested in email_budget.rs.
+    let app = TestApp::spawn_with(|settings| {
+        settings.registration.email_budget =
+            identity_server::domain::EmailBudget::new(32, 32).expect("valid");
+    })
+    .await;
     let attempts: Vec<_> = (0..32)
         .map(|i| {
             let client = app.client.clone();
-            // Mixed letter case, so the race is decided by the case-insensitive unique index.
+            // Mixed letter case: they are all one address.
             let email = if i % 2 == 0 {
                 "race@example.com"
             } else {
@@ -168,21 +177,44 @@ async fn thirty_two_concurrent_registrations_of_one_address_create_exactly_one_u
             tokio::spawn(async move { client.clone().register(register_request(email)).await })
         })
         .collect();
-
-    let (mut created, mut taken) = (0, 0);
     for attempt in attempts {
-        match attempt.await.expect("task completes") {
-            Ok(_) => created += 1,
-            Err(status) => {
-                assert_error(&status, Code::AlreadyExists, "EMAIL_ALREADY_REGISTERED");
-                taken += 1;
-            }
+        attempt
+            .await
+            .expect("task completes")
+            .expect("every registration is accepted");
+    }
+    assert_eq!(app.count_users().await, 32);
+    let emails = app.emails_to("race@example.com").await;
+    assert_eq!(emails.len(), 32);
+
+    // Then every link at once: exactly one registration becomes the account.
+    let verifications: Vec<_> = emails
+        .into_iter()
+        .map(|email| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .verify_email(pb::VerifyEmailRequest {
+                        proof: Some(pb::verify_email_request::Proof::Token(email.token)),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut activated = 0;
+    for verification in verifications {
+        match verification.await.expect("task completes") {
+            Ok(_) => activated += 1,
+            Err(status) => assert!(
+                [Code::FailedPrecondition, Code::InvalidArgument].contains(&status.code()),
+                "{status:?}"
+            ),
         }
     }
-
-    assert_eq!((created, taken), (1, 31));
-    assert_eq!(app.count_users().await, 1);
-    assert_eq!(app.count_outbox().await, 1);
+    assert_eq!(activated, 1);
+    let rows = app.rows_of("race@example.com").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1, "active");
 }
 
 #[tokio::test]
@@ -232,7 +264,8 @@ async fn a_full_hashing_queue_fails_fast_with_resource_exhausted_and_a_retry_del
 async fn a_registration_notifies_the_relay_channel_on_commit_and_a_rejected_one_does_not() {
     use futures_util::StreamExt;
 
-    let app = TestApp::spawn().await;
+    // With enumeration safety off, so that a registration of an active address is rejected.
+    let app = TestApp::spawn_with(|settings| settings.registration.enumeration_safe = false).await;
     let mut listener = app.conn().await;
     diesel::sql_query(format!("LISTEN {}", identity_proto::outbox::NOTIFY_CHANNEL))
         .execute(&mut listener)
@@ -240,6 +273,8 @@ async fn a_registration_notifies_the_relay_channel_on_commit_and_a_rejected_one_
         .expect("listens");
 
     app.register("ada@example.com").await.expect("registers");
+    let email = app.email_to("ada@example.com").await;
+    app.verify_token(&email.token).await.expect("verifies");
     app.register("ADA@example.com")
         .await
         .expect_err("duplicate");

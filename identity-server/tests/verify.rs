@@ -262,8 +262,13 @@ async fn concurrent_verifications_activate_the_user_exactly_once() {
 #[tokio::test]
 async fn wrong_codes_across_resends_hit_the_account_cap_after_which_only_the_link_verifies() {
     // The default cap is 15 wrong codes per account. Three wrong codes per email never lock a
-    // fresh email's own code (5 per email), so only the account-wide count can stop them.
-    let app = TestApp::spawn().await;
+    // fresh email's own code (5 per email), so only the account-wide count can stop them. Six
+    // emails in minutes: past the default email budget, raised here.
+    let app = TestApp::spawn_with(|settings| {
+        settings.registration.email_budget =
+            identity_server::domain::EmailBudget::new(10, 10).expect("valid");
+    })
+    .await;
     app.register("ada@example.com").await.expect("registers");
     for email_number in 1..=5 {
         if email_number > 1 {

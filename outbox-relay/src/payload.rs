@@ -2,7 +2,9 @@
 //! goes to, and how it is rendered. Adding a kind means a variant here, a method on
 //! [`Renderer`] and a template set; the matches below do not compile until each is handled.
 
-use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1, EmailVerificationV1};
+use identity_proto::outbox::{
+    EmailAccountExistsV1, EmailPasswordChangedV1, EmailPasswordResetV1, EmailVerificationV1,
+};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
@@ -17,6 +19,9 @@ pub enum Payload {
     PasswordReset(EmailPasswordResetV1),
     /// [`EmailPasswordChangedV1::KIND`]: the notice that the password was changed.
     PasswordChanged(EmailPasswordChangedV1),
+    /// [`EmailAccountExistsV1::KIND`]: the notice that someone tried to sign up with the
+    /// address of an active account.
+    AccountExists(EmailAccountExistsV1),
 }
 
 /// Why a payload cannot be delivered, ever: the message is dead-lettered with this reason.
@@ -49,6 +54,9 @@ impl Payload {
             EmailPasswordChangedV1::KIND => {
                 Self::PasswordChanged(parse(EmailPasswordChangedV1::KIND, payload)?)
             }
+            EmailAccountExistsV1::KIND => {
+                Self::AccountExists(parse(EmailAccountExistsV1::KIND, payload)?)
+            }
             other => return Err(ParseError::UnknownKind(other.to_owned())),
         })
     }
@@ -59,6 +67,7 @@ impl Payload {
             Self::Verification(p) => (&p.display_name, &p.recipient),
             Self::PasswordReset(p) => (&p.display_name, &p.recipient),
             Self::PasswordChanged(p) => (&p.display_name, &p.recipient),
+            Self::AccountExists(p) => (&p.display_name, &p.recipient),
         };
         (name, address)
     }
@@ -73,6 +82,7 @@ impl Payload {
             Self::Verification(p) => renderer.verification(p, now),
             Self::PasswordReset(p) => renderer.password_reset(p, now),
             Self::PasswordChanged(p) => renderer.password_changed(p),
+            Self::AccountExists(p) => renderer.account_exists(p),
         }
     }
 }
@@ -112,6 +122,18 @@ mod tests {
         assert_eq!(parsed.addressee(), ("Ada", "ada@example.com"));
         // A reset payload is not a notice: the kind decides, and unknown fields are refused.
         assert!(Payload::parse("email.password_changed.v1", &reset).is_err());
+    }
+
+    #[test]
+    fn an_account_exists_notice_parses_into_its_own_payload() {
+        let notice = json!({
+            "recipient": "ada@example.com", "display_name": "Ada", "locale": "en",
+            "attempted_at": "2030-01-01T00:00:00Z",
+        });
+        let parsed = Payload::parse("email.account_exists.v1", &notice).expect("parses");
+        assert!(matches!(parsed, Payload::AccountExists(_)));
+        assert_eq!(parsed.addressee(), ("Ada", "ada@example.com"));
+        assert!(Payload::parse("email.password_changed.v1", &notice).is_err());
     }
 
     #[test]

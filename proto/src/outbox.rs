@@ -102,6 +102,28 @@ impl EmailPasswordChangedV1 {
     pub const KIND: &'static str = "email.password_changed.v1";
 }
 
+/// Payload of kind [`EmailAccountExistsV1::KIND`]: the notice to the owner of an active account
+/// that someone tried to sign up with their address (Register answers such a call as for a new
+/// address, so only the owner learns of it). At most one an hour per address. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailAccountExistsV1 {
+    /// The address to send to.
+    pub recipient: String,
+    /// How to greet the user (the account's name, not the one the sign-up gave).
+    pub display_name: String,
+    /// BCP 47 tag that selects the templates (the account's).
+    pub locale: String,
+    /// When the sign-up was attempted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub attempted_at: OffsetDateTime,
+}
+
+impl EmailAccountExistsV1 {
+    /// `outbox.kind` of this message.
+    pub const KIND: &'static str = "email.account_exists.v1";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

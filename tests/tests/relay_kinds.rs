@@ -1,11 +1,12 @@
 //! outbox-relay end to end for the password emails (`email.password_reset.v1` and
-//! `email.password_changed.v1`): the built binary, a real PostgreSQL and a real SMTP server.
+//! `email.password_changed.v1`) and the account-exists notice (`email.account_exists.v1`): the
+//! built binary, a real PostgreSQL and a real SMTP server.
 
 use std::time::Duration;
 
 use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1};
+use identity_proto::outbox::{EmailAccountExistsV1, EmailPasswordChangedV1, EmailPasswordResetV1};
 use identity_tests::{
     outbox::{dead_letters, drained},
     pg::TestDb,
@@ -144,6 +145,40 @@ async fn reset_and_changed_emails_are_delivered_with_their_subject_recipient_and
         "the reset token is never logged when sending over SMTP:\n{}",
         relay.output()
     );
+}
+
+#[tokio::test]
+async fn an_account_exists_notice_is_delivered_in_the_owners_locale_without_a_link() {
+    let smtp = SmtpServer::start();
+    let db = TestDb::create().await;
+    let mut conn = db.connect().await;
+    let _relay = start_relay(&db.url, &smtp.url(), &[]).await;
+    let payload = serde_json::to_string(&EmailAccountExistsV1 {
+        recipient: "owner@example.com".into(),
+        display_name: "Ada".into(),
+        locale: "en-GB".into(),
+        attempted_at: OffsetDateTime::now_utc(),
+    })
+    .expect("serializes");
+
+    insert(&mut conn, EmailAccountExistsV1::KIND, &payload).await;
+    let notice = smtp.wait_for_message_to("owner@example.com", WAIT).await;
+    drained(&mut conn, WAIT).await;
+
+    let notice = parse(&notice);
+    assert_eq!(
+        header(&notice, "Subject"),
+        "Someone tried to sign up with your email address"
+    );
+    for mimetype in ["text/plain", "text/html"] {
+        let body = body(&notice, mimetype);
+        assert!(body.contains("Hello Ada,"), "{body}");
+        assert!(body.contains("Your account is unchanged"), "{body}");
+        for link in ["token", "http"] {
+            assert!(!body.contains(link), "{link} in the notice:\n{body}");
+        }
+    }
+    assert!(dead_letters(&mut conn).await.is_empty());
 }
 
 #[tokio::test]

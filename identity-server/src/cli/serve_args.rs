@@ -175,6 +175,29 @@ pub(super) struct ServeArgs {
     )]
     pub(super) max_wrong_codes_per_account: i32,
 
+    /// Register answers an address that has an active account exactly as a new one (OK, a
+    /// fresh id, the same time) and emails the owner a notice at most once an hour. `false`
+    /// (for trusted internal callers only) answers ALREADY_EXISTS instead, and
+    /// RESOURCE_EXHAUSTED when the address's email budget is spent.
+    #[arg(
+        long,
+        env = "IDENTITY_REGISTER_ENUMERATION_SAFE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(super) register_enumeration_safe: bool,
+
+    /// Emails one address may be sent in any hour, whatever mix of Register,
+    /// ResendVerificationEmail and RequestPasswordReset asks for them; past it the calls answer
+    /// as usual and queue nothing.
+    #[arg(long, env = "IDENTITY_EMAIL_BUDGET_PER_HOUR", default_value_t = 3)]
+    pub(super) email_budget_per_hour: usize,
+
+    /// Emails one address may be sent in any day (24 hours); at least the hourly budget.
+    #[arg(long, env = "IDENTITY_EMAIL_BUDGET_PER_DAY", default_value_t = 10)]
+    pub(super) email_budget_per_day: usize,
+
     /// Seconds between two janitor sweeps, which delete expired rows and never-verified
     /// accounts. Every replica runs one; they share the work.
     #[arg(long, env = "IDENTITY_JANITOR_INTERVAL_SECS", default_value_t = 5 * 60)]

@@ -11,7 +11,7 @@ use super::serve_args::{MAX_ACTIVATION_DELAY_SECS, MAX_REFRESH_REUSE_GRACE_SECS,
 use crate::{
     challenge::{self, ChallengeKey, Policy},
     db,
-    domain::CodeKey,
+    domain::{CodeKey, EmailBudget},
     hashing::HashingConfig,
     janitor, password_reset, registration, sessions,
     startup::{self, Settings},
@@ -101,6 +101,14 @@ impl ServeArgs {
             self.refresh_reuse_grace_secs <= MAX_REFRESH_REUSE_GRACE_SECS,
             "the refresh reuse grace window must be at most {MAX_REFRESH_REUSE_GRACE_SECS}s"
         );
+        let email_budget = EmailBudget::new(self.email_budget_per_hour, self.email_budget_per_day)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "IDENTITY_EMAIL_BUDGET_PER_HOUR ({}) / IDENTITY_EMAIL_BUDGET_PER_DAY ({}): {e}",
+                    self.email_budget_per_hour,
+                    self.email_budget_per_day
+                )
+            })?;
         let session = SessionTimeouts {
             statement: Duration::from_millis(self.db_statement_timeout_ms),
             lock: Duration::from_millis(self.db_lock_timeout_ms),
@@ -131,6 +139,8 @@ impl ServeArgs {
                 verification_ttl: time::Duration::seconds(self.verification_ttl_secs),
                 resend_cooldown: time::Duration::seconds(self.resend_cooldown_secs),
                 max_wrong_codes_per_account: self.max_wrong_codes_per_account,
+                enumeration_safe: self.register_enumeration_safe,
+                email_budget,
                 ..registration::Settings::default()
             },
             keys: Arc::new(keys),
@@ -149,6 +159,7 @@ impl ServeArgs {
             password_reset: password_reset::Settings {
                 token_ttl: time::Duration::seconds(self.reset_token_ttl_secs),
                 cooldown: time::Duration::seconds(self.reset_cooldown_secs),
+                email_budget,
             },
             challenge,
             cors_allowed_origins: self.cors_allowed_origins,

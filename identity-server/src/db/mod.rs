@@ -3,6 +3,7 @@
 //! transaction they run in.
 
 pub mod challenge_solutions;
+pub mod email_budget;
 pub mod outbox;
 pub mod password_reset;
 pub mod retention;
@@ -25,7 +26,7 @@ pub use migrations::{MIGRATION_LOCK_KEY, MIGRATIONS, pending_migrations, run_mig
 
 #[diesel::declare_sql_function]
 extern "SQL" {
-    /// PostgreSQL's `lower(text)`, as the unique index on `users` compares addresses.
+    /// PostgreSQL's `lower(text)`, as the indexes on `users` compare addresses.
     fn lower(value: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
 

@@ -4,7 +4,7 @@
 //! LOCKED` and deletes them, so any number of janitors (one per replica) run at once, each
 //! deleting rows no other holds, and none waits for a request that holds a row. Each `WHERE`
 //! clause has an index of its own (migrations `..._retention_and_code_cap`,
-//! `..._challenge_solutions`).
+//! `..._challenge_solutions`, `..._pending_registrations`).
 
 use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -35,6 +35,8 @@ pub enum Due {
     DeadLetters { dead_before: OffsetDateTime },
     /// Marks of used challenge solutions whose challenges expired before the cutoff.
     ChallengeSolutions { expired_before: OffsetDateTime },
+    /// Email budget ledger rows of sends made before the cutoff.
+    EmailSends { sent_before: OffsetDateTime },
 }
 
 /// Deletes at most `limit` due rows of one kind; returns how many it deleted.
@@ -110,6 +112,13 @@ pub async fn delete_batch(
                 WHERE expires_at <= $1
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             expired_before,
+        ),
+        Due::EmailSends { sent_before } => (
+            "DELETE FROM email_sends WHERE id IN (
+                SELECT id FROM email_sends
+                WHERE sent_at <= $1
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            sent_before,
         ),
     };
     let query = diesel::sql_query(sql)

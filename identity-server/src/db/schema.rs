@@ -8,6 +8,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    email_sends (id) {
+        id -> Uuid,
+        address_key -> Text,
+        kind -> Text,
+        sent_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     login_throttle (email_key) {
         email_key -> Text,
         failures -> Int4,
@@ -102,6 +111,7 @@ diesel::joinable!(verification_secrets -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     challenge_solutions,
+    email_sends,
     login_throttle,
     outbox,
     password_reset_tokens,

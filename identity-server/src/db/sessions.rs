@@ -12,7 +12,7 @@ use super::{
     StoreError, lower,
     schema::{login_throttle, refresh_tokens, sessions, users},
 };
-use crate::domain::TokenHash;
+use crate::domain::{TokenHash, UserStatus};
 
 /// What Login reads of a user.
 #[derive(Queryable, Selectable)]
@@ -32,13 +32,20 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The user with this address (any letter case), for Login.
+/// The account with this address (any letter case), for Login: the active one, or while the
+/// address has none, its newest pending registration (whose right password gets "not verified
+/// yet"). Either way one password hash is checked.
 pub async fn credentials(
     conn: &mut AsyncPgConnection,
     email: &str,
 ) -> Result<Option<Credentials>, StoreError> {
     Ok(users::table
         .filter(lower(users::email).eq(lower(email)))
+        .order((
+            users::status.eq(UserStatus::Active.as_str()).desc(),
+            users::created_at.desc(),
+            users::id.desc(),
+        ))
         .select(Credentials::as_select())
         .first(conn)
         .await

@@ -8,8 +8,9 @@ use uuid::Uuid;
 use super::{StoreError, is_unique_violation, lower, schema::users};
 use crate::domain::UserStatus;
 
-/// The unique index that makes an address belong to one account, whatever its letter case.
-const EMAIL_UNIQUE_INDEX: &str = "users_email_lower_key";
+/// The partial unique index that gives an address to at most one ACTIVE account, whatever its
+/// letter case; pending registrations of the address may be many.
+const ACTIVE_EMAIL_UNIQUE_INDEX: &str = "users_active_email_lower_key";
 
 /// A user row to insert.
 #[derive(Debug, Insertable)]
@@ -34,6 +35,7 @@ pub struct User {
     pub status: String,
     pub display_name: String,
     pub locale: String,
+    pub created_at: OffsetDateTime,
     /// Wrong verification codes entered for this account, across all its emails.
     pub failed_code_attempts: i32,
 }
@@ -43,44 +45,83 @@ impl User {
     pub fn is_pending(&self) -> bool {
         UserStatus::from_db(&self.status) == Some(UserStatus::PendingVerification)
     }
-}
 
-/// Why a user could not be inserted.
-#[derive(Debug, thiserror::Error)]
-pub enum InsertUserError {
-    /// Another account has this address (in any letter case).
-    #[error("the email address is already registered")]
-    EmailTaken,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Inserts `user`; the unique index, not a prior look-up, decides who wins a race.
-pub async fn insert(
-    conn: &mut AsyncPgConnection,
-    user: &NewUser<'_>,
-) -> Result<(), InsertUserError> {
-    match diesel::insert_into(users::table)
-        .values(user)
-        .execute(conn)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e, EMAIL_UNIQUE_INDEX) => Err(InsertUserError::EmailTaken),
-        Err(e) => Err(StoreError::from(e).into()),
+    /// Whether the account is active (its address verified).
+    pub fn is_active(&self) -> bool {
+        UserStatus::from_db(&self.status) == Some(UserStatus::Active)
     }
 }
 
-/// The user with this address (any letter case), locked until the transaction ends so that
-/// concurrent verifications and resends of one account take turns.
-pub async fn lock_by_email(
+/// The rows of one address (any letter case): at most one active account, or any number of
+/// pending registrations.
+#[derive(Debug)]
+pub struct AddressRows(Vec<User>);
+
+impl AddressRows {
+    /// The active account, if there is one.
+    pub fn active(&self) -> Option<&User> {
+        self.0.iter().find(|u| u.is_active())
+    }
+
+    /// The newest pending registration: the one a resend goes to.
+    pub fn newest_pending(&self) -> Option<&User> {
+        self.0
+            .iter()
+            .filter(|u| u.is_pending())
+            .max_by_key(|u| (u.created_at, u.id))
+    }
+
+    /// The row with this id.
+    pub fn get(&self, id: Uuid) -> Option<&User> {
+        self.0.iter().find(|u| u.id == id)
+    }
+
+    /// Every row, by id.
+    pub fn all(&self) -> &[User] {
+        &self.0
+    }
+
+    /// The ids of every row, by id.
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.0.iter().map(|u| u.id).collect()
+    }
+}
+
+/// Inserts `user`. A pending row never conflicts: an address may have many.
+pub async fn insert(conn: &mut AsyncPgConnection, user: &NewUser<'_>) -> Result<(), StoreError> {
+    diesel::insert_into(users::table)
+        .values(user)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Every row of the address (any letter case), locked until the transaction ends, in id order
+/// so that two transactions locking rows of one address never wait on each other in a cycle.
+/// Callers hold the address's lock (`db::email_budget::lock_address`) first.
+pub async fn lock_address_rows(
     conn: &mut AsyncPgConnection,
     email: &str,
-) -> Result<Option<User>, StoreError> {
+) -> Result<AddressRows, StoreError> {
+    Ok(AddressRows(
+        users::table
+            .filter(lower(users::email).eq(lower(email)))
+            .order(users::id.asc())
+            .select(User::as_select())
+            .for_update()
+            .load(conn)
+            .await?,
+    ))
+}
+
+/// The address of the user with this id, unlocked; `None` once the account is gone.
+pub async fn email_of(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
     Ok(users::table
-        .filter(lower(users::email).eq(lower(email)))
-        .select(User::as_select())
-        .for_update()
+        .find(id)
+        .select(users::email)
         .first(conn)
         .await
         .optional()?)
@@ -101,21 +142,37 @@ pub async fn lock_by_id(
         .optional()?)
 }
 
-/// Counts one wrong verification code against the account.
-pub async fn count_wrong_code(conn: &mut AsyncPgConnection, id: Uuid) -> Result<(), StoreError> {
-    diesel::update(users::table.find(id))
+/// Counts one wrong verification code against each of the accounts `ids` (every row of an
+/// address, so that the cap holds for the address, not per registration).
+pub async fn count_wrong_code(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> Result<(), StoreError> {
+    diesel::update(users::table.filter(users::id.eq_any(ids)))
         .set(users::failed_code_attempts.eq(users::failed_code_attempts + 1))
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// Marks a pending user active; returns whether it was pending.
+/// What [`activate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// The pending user is now active.
+    Activated,
+    /// The user was not pending (already active, or gone).
+    NotPending,
+    /// Another account of the address became active first: the partial unique index refused
+    /// this one. The statement failed, so the transaction is aborted: roll it back.
+    AddressTaken,
+}
+
+/// Marks a pending user active.
 pub async fn activate(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     now: OffsetDateTime,
-) -> Result<bool, StoreError> {
+) -> Result<Activation, StoreError> {
     let updated = diesel::update(users::table)
         .filter(users::id.eq(id))
         .filter(users::status.eq(UserStatus::PendingVerification.as_str()))
@@ -125,8 +182,32 @@ pub async fn activate(
             users::updated_at.eq(now),
         ))
         .execute(conn)
-        .await?;
-    Ok(updated == 1)
+        .await;
+    match updated {
+        Ok(1) => Ok(Activation::Activated),
+        Ok(_) => Ok(Activation::NotPending),
+        Err(e) if is_unique_violation(&e, ACTIVE_EMAIL_UNIQUE_INDEX) => {
+            Ok(Activation::AddressTaken)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the pending registrations of the address other than `keep` (their secrets go with
+/// them, by the foreign key's cascade); returns how many.
+pub async fn delete_other_pending(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+    keep: Uuid,
+) -> Result<usize, StoreError> {
+    Ok(diesel::delete(
+        users::table
+            .filter(lower(users::email).eq(lower(email)))
+            .filter(users::status.eq(UserStatus::PendingVerification.as_str()))
+            .filter(users::id.ne(keep)),
+    )
+    .execute(conn)
+    .await?)
 }
 
 /// What a user sees of their own account.

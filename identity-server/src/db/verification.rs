@@ -70,26 +70,27 @@ pub async fn find_by_token(
         .optional()?)
 }
 
-/// Every secret of a user, newest first.
-pub async fn of_user(
+/// Every secret of the users `user_ids` (the rows of one address), newest first.
+pub async fn of_users(
     conn: &mut AsyncPgConnection,
-    user_id: Uuid,
+    user_ids: &[Uuid],
 ) -> Result<Vec<Secret>, StoreError> {
     Ok(secrets::table
-        .filter(secrets::user_id.eq(user_id))
+        .filter(secrets::user_id.eq_any(user_ids))
         .order(secrets::created_at.desc())
         .select(Secret::as_select())
         .load(conn)
         .await?)
 }
 
-/// When the user's latest verification email was queued.
+/// When the latest verification email to any of the users `user_ids` (the rows of one
+/// address) was queued.
 pub async fn latest_issued_at(
     conn: &mut AsyncPgConnection,
-    user_id: Uuid,
+    user_ids: &[Uuid],
 ) -> Result<Option<OffsetDateTime>, StoreError> {
     Ok(secrets::table
-        .filter(secrets::user_id.eq(user_id))
+        .filter(secrets::user_id.eq_any(user_ids))
         .select(diesel::dsl::max(secrets::created_at))
         .first(conn)
         .await?)

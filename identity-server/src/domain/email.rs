@@ -28,6 +28,12 @@ impl EmailAddress {
             .map_err(|_| Invalid("is not a valid email address"))?;
         Ok(Self(trimmed.to_owned()))
     }
+
+    /// The address as accounts, the email budget and the login throttle compare it: in lower
+    /// case, like the `lower(email)` indexes of `users`.
+    pub fn key(&self) -> String {
+        self.0.to_lowercase()
+    }
 }
 
 impl AsRef<str> for EmailAddress {

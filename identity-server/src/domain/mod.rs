@@ -3,12 +3,14 @@
 
 mod display_name;
 mod email;
+mod email_budget;
 mod locale;
 mod password;
 mod verification;
 
 pub use display_name::DisplayName;
 pub use email::EmailAddress;
+pub use email_budget::{EmailBudget, Spend};
 pub use locale::Locale;
 pub use password::Password;
 pub use verification::{CodeKey, TokenHash, VerificationCode, VerificationToken};

@@ -105,6 +105,12 @@ impl From<RegisterError> for Status {
                 "EMAIL_ALREADY_REGISTERED",
                 "this email address is already registered",
             ),
+            RegisterError::EmailBudgetExhausted { retry_after } => retry_later(
+                Code::ResourceExhausted,
+                "EMAIL_BUDGET_EXHAUSTED",
+                "no more emails may be sent to this address for now; retry after the delay in RetryInfo",
+                retry_after,
+            ),
             RegisterError::Overloaded { retry_after } => retry_later(
                 Code::ResourceExhausted,
                 "OVERLOADED",

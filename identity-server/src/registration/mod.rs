@@ -1,6 +1,13 @@
 //! The sign-up use cases: [`Registration::register`], [`Registration::verify_email`] and
 //! [`Registration::resend_verification_email`]. They own the transactions; the gRPC layer only
 //! translates requests and errors.
+//!
+//! An address belongs to its active account. Until one exists, every Register of the address
+//! starts a pending registration of its own (its own password hash and secrets); verifying with
+//! a secret activates the registration it was sent for and deletes the others, so whoever reads
+//! the mailbox ends up with the password they chose. Every transaction that touches the rows of
+//! an address first takes the address's advisory lock (`db::email_budget::lock_address`), then
+//! locks the rows in id order; the email budget is spent under the same lock.
 
 mod register;
 mod resend;
@@ -20,7 +27,7 @@ pub use verify::{Proof, VerifyEmailError};
 use crate::{
     clock::Clock,
     db::{self, StoreError},
-    domain::{CodeKey, VerificationCode, VerificationToken},
+    domain::{CodeKey, EmailBudget, VerificationCode, VerificationToken},
     hashing::PasswordHasher,
 };
 
@@ -33,9 +40,14 @@ pub struct Settings {
     pub resend_cooldown: Duration,
     /// Wrong codes tolerated per verification email.
     pub max_wrong_codes: i32,
-    /// Wrong codes tolerated per account, across all its verification emails; past it only
-    /// the link verifies.
+    /// Wrong codes tolerated per address, across all its registrations and verification
+    /// emails; past it only a link verifies.
     pub max_wrong_codes_per_account: i32,
+    /// Whether Register answers an address with an active account as it answers a new one
+    /// (and tells the owner by email) instead of ALREADY_EXISTS.
+    pub enumeration_safe: bool,
+    /// Emails one address may be sent, shared with password reset.
+    pub email_budget: EmailBudget,
 }
 
 impl Default for Settings {
@@ -45,6 +57,8 @@ impl Default for Settings {
             resend_cooldown: Duration::seconds(60),
             max_wrong_codes: 5,
             max_wrong_codes_per_account: 15,
+            enumeration_safe: true,
+            email_budget: EmailBudget::default(),
         }
     }
 }

@@ -1,10 +1,11 @@
 use diesel_async::AsyncConnection;
+use identity_proto::outbox::EmailVerificationV1;
 use tracing::field;
 
 use super::{Recipient, Registration};
 use crate::{
     db::{self, StoreError, retry::MaybeStoreError},
-    domain::EmailAddress,
+    domain::{EmailAddress, Spend},
 };
 
 /// What a resend did. The caller is told nothing of it (the API answers OK either way); it is
@@ -15,8 +16,10 @@ pub enum ResendOutcome {
     Queued,
     /// No account with that address, or it is already active.
     NoPendingAccount,
-    /// The previous email was queued less than the cooldown ago.
+    /// The previous email to the address was queued less than the cooldown ago.
     CoolingDown,
+    /// The address's email budget is spent.
+    OverBudget,
 }
 
 /// Why a resend failed.
@@ -44,8 +47,10 @@ impl MaybeStoreError for ResendError {
 }
 
 impl Registration {
-    /// Queues a fresh verification email for a pending account, at most once per cooldown.
-    /// Earlier tokens and codes stay valid until one of them is used.
+    /// Queues a fresh verification email for the newest pending registration of the address,
+    /// at most once per cooldown (counted across every registration of the address) and within
+    /// the address's email budget. Earlier tokens and codes stay valid until one of them is
+    /// used.
     #[tracing::instrument(name = "resend_verification_email", skip_all, fields(user_id = field::Empty))]
     pub async fn resend_verification_email(
         &self,
@@ -53,23 +58,33 @@ impl Registration {
     ) -> Result<ResendOutcome, ResendError> {
         let now = self.clock.now();
         let cooldown = self.settings.resend_cooldown;
+        let key = email.key();
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let mut retry = db::retry::Retry::default();
         let outcome = loop {
             let attempt = conn
                 .transaction(async |conn| {
-                    // The row lock makes concurrent resends of one account take turns, so the
-                    // cooldown check and the insert cannot interleave.
-                    let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
+                    // Under the address's lock, concurrent resends and registrations of one
+                    // address take turns, so the checks and the insert cannot interleave.
+                    db::email_budget::lock_address(conn, &key).await?;
+                    let rows = db::users::lock_address_rows(conn, email.as_ref()).await?;
+                    if rows.active().is_some() {
                         return Ok::<_, ResendError>(ResendOutcome::NoPendingAccount);
+                    }
+                    let Some(user) = rows.newest_pending() else {
+                        return Ok(ResendOutcome::NoPendingAccount);
                     };
                     tracing::Span::current().record("user_id", field::display(user.id));
-                    if !user.is_pending() {
-                        return Ok(ResendOutcome::NoPendingAccount);
-                    }
-                    let last = db::verification::latest_issued_at(conn, user.id).await?;
+                    let last = db::verification::latest_issued_at(conn, &rows.ids()).await?;
                     if last.is_some_and(|last| now - last < cooldown) {
                         return Ok(ResendOutcome::CoolingDown);
+                    }
+                    let budget = self.settings.email_budget;
+                    let kind = EmailVerificationV1::KIND;
+                    if db::email_budget::try_spend(conn, &key, kind, budget, now).await?
+                        != Spend::Allowed
+                    {
+                        return Ok(ResendOutcome::OverBudget);
                     }
                     let to = Recipient {
                         user_id: user.id,

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::Registration;
 use crate::{
-    db::{self, StoreError, retry::MaybeStoreError},
+    db::{self, StoreError, retry::MaybeStoreError, users::Activation},
     domain::{EmailAddress, VerificationCode, VerificationToken},
 };
 
@@ -60,9 +60,12 @@ impl MaybeStoreError for VerifyEmailError {
 type Verdict = Result<Uuid, VerifyEmailError>;
 
 impl Registration {
-    /// Activates the user the proof belongs to and consumes all its verification secrets.
-    /// Verifications of one account are serialized by a lock on its row, so it is activated
-    /// exactly once however many proofs race.
+    /// Activates the registration the proof belongs to, consumes its verification secrets and
+    /// deletes the other pending registrations of the address (with their secrets), so that
+    /// the account goes live with the password of the registration whose email was used.
+    /// Verifications of one address are serialized by the address's lock, so it gets exactly
+    /// one active account however many proofs race; the partial unique index on active
+    /// addresses backs that up.
     #[tracing::instrument(name = "verify_email", skip_all, fields(user_id = field::Empty))]
     pub async fn verify_email(&self, proof: Proof) -> Result<Uuid, VerifyEmailError> {
         let now = self.clock.now();
@@ -101,13 +104,22 @@ impl Registration {
         let Some(found) = db::verification::find_by_token(conn, &hash).await? else {
             return Ok(Err(VerifyEmailError::TokenInvalid));
         };
-        // Lock the account, then read the secret again: a concurrent verification may have
-        // consumed it while we waited, or the janitor deleted a never-verified account.
-        let Some(user) = db::users::lock_by_id(conn, found.user_id).await? else {
+        let Some(email) = db::users::email_of(conn, found.user_id).await? else {
             return Ok(Err(VerifyEmailError::TokenInvalid));
         };
-        let Some(secret) = db::verification::find_by_token(conn, &hash).await? else {
-            return Ok(Err(VerifyEmailError::TokenInvalid));
+        // Lock the address, then read the secret again: a concurrent verification may have
+        // consumed it, or deleted it with its registration, while we waited; or the janitor
+        // deleted a never-verified account.
+        db::email_budget::lock_address(conn, &email.to_lowercase()).await?;
+        let rows = db::users::lock_address_rows(conn, &email).await?;
+        let secret = db::verification::find_by_token(conn, &hash).await?;
+        let (Some(secret), Some(user)) = (secret, rows.get(found.user_id)) else {
+            let verdict = if rows.active().is_some() {
+                VerifyEmailError::AlreadyVerified
+            } else {
+                VerifyEmailError::TokenInvalid
+            };
+            return Ok(Err(verdict));
         };
         if secret.consumed_at.is_some() || !user.is_pending() {
             return Ok(Err(VerifyEmailError::AlreadyVerified));
@@ -115,7 +127,7 @@ impl Registration {
         if secret.expires_at <= now {
             return Ok(Err(VerifyEmailError::Expired));
         }
-        self.activate(conn, user.id, now).await
+        self.activate(conn, user.id, &email, now).await
     }
 
     async fn verify_code(
@@ -125,23 +137,33 @@ impl Registration {
         code: &VerificationCode,
         now: OffsetDateTime,
     ) -> Result<Verdict, VerifyEmailError> {
+        db::email_budget::lock_address(conn, &email.key()).await?;
+        let rows = db::users::lock_address_rows(conn, email.as_ref()).await?;
         // An unknown address and a wrong code look alike, so the answer reveals no account.
-        let Some(user) = db::users::lock_by_email(conn, email.as_ref()).await? else {
+        if rows.all().is_empty() {
             return Ok(Err(VerifyEmailError::CodeInvalid));
-        };
-        // Past the account's cap no code is even compared, so guessing ends for good however
-        // many emails are asked for; the unguessable link still works.
-        if user.failed_code_attempts >= self.settings.max_wrong_codes_per_account {
+        }
+        // Past the cap no code is even compared, so guessing ends for good however many emails
+        // or registrations are asked for: every row of the address counts each wrong code, and
+        // the most any row has counted is the address's. The unguessable link still works.
+        let failed = rows
+            .all()
+            .iter()
+            .map(|u| u.failed_code_attempts)
+            .max()
+            .unwrap_or_default();
+        if failed >= self.settings.max_wrong_codes_per_account {
             return Ok(Err(VerifyEmailError::TooManyAttempts));
         }
         let max = self.settings.max_wrong_codes;
-        let secrets = db::verification::of_user(conn, user.id).await?;
+        let secrets = db::verification::of_users(conn, &rows.ids()).await?;
         let matching = secrets
             .iter()
             .find(|s| self.code_key.verify(s.id, code, &s.code_mac));
 
         if let Some(secret) = matching {
-            if secret.consumed_at.is_some() {
+            let pending = rows.get(secret.user_id).is_some_and(|u| u.is_pending());
+            if secret.consumed_at.is_some() || !pending {
                 return Ok(Err(VerifyEmailError::AlreadyVerified));
             }
             // A locked pair stays locked even for the right code, or guessing would go on.
@@ -151,7 +173,9 @@ impl Registration {
             if secret.expires_at <= now {
                 return Ok(Err(VerifyEmailError::Expired));
             }
-            return self.activate(conn, user.id, now).await;
+            return self
+                .activate(conn, secret.user_id, email.as_ref(), now)
+                .await;
         }
 
         let live = |s: &&db::verification::Secret| s.consumed_at.is_none() && s.expires_at > now;
@@ -174,20 +198,33 @@ impl Registration {
             return Ok(Err(verdict));
         }
         db::verification::record_wrong_code(conn, &open).await?;
-        db::users::count_wrong_code(conn, user.id).await?;
+        db::users::count_wrong_code(conn, &rows.ids()).await?;
         Ok(Err(VerifyEmailError::CodeInvalid))
     }
 
+    /// Activates `user_id`, consumes its secrets and deletes the other pending registrations
+    /// of `email`. The caller holds the address's lock and the rows' locks.
     async fn activate(
         &self,
         conn: &mut AsyncPgConnection,
         user_id: Uuid,
+        email: &str,
         now: OffsetDateTime,
     ) -> Result<Verdict, VerifyEmailError> {
-        if !db::users::activate(conn, user_id, now).await? {
-            return Ok(Err(VerifyEmailError::AlreadyVerified));
+        match db::users::activate(conn, user_id, now).await? {
+            Activation::Activated => {}
+            Activation::NotPending => return Ok(Err(VerifyEmailError::AlreadyVerified)),
+            // The statement failed and the transaction with it: roll back, nothing to keep.
+            Activation::AddressTaken => return Err(VerifyEmailError::AlreadyVerified),
         }
         db::verification::consume_all(conn, user_id, now).await?;
+        let removed = db::users::delete_other_pending(conn, email, user_id).await?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "other pending registrations of the address deleted"
+            );
+        }
         Ok(Ok(user_id))
     }
 }

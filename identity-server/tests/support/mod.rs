@@ -274,3 +274,80 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .map(|v| v.field)
         .collect()
 }
+
+/// A sign-up of `email` with `password` and valid other fields.
+pub fn register_request_with(email: &str, password: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        password: password.into(),
+        ..register_request(email)
+    }
+}
+
+impl TestApp {
+    /// Registers `email` with `password`.
+    pub async fn register_with(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::RegisterResponse, Status> {
+        self.client
+            .clone()
+            .register(register_request_with(email, password))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The payloads of every outbox message of `kind` addressed to `recipient` (any letter
+    /// case), oldest first.
+    pub async fn queued_to(&self, kind: &str, recipient: &str) -> Vec<serde_json::Value> {
+        use schema::outbox::dsl as o;
+        let payloads: Vec<serde_json::Value> = o::outbox
+            .filter(o::kind.eq(kind))
+            .order(o::id.asc())
+            .select(o::payload)
+            .load(&mut self.conn().await)
+            .await
+            .expect("outbox is readable");
+        payloads
+            .into_iter()
+            .filter(|p| {
+                p["recipient"]
+                    .as_str()
+                    .is_some_and(|r| r.eq_ignore_ascii_case(recipient))
+            })
+            .collect()
+    }
+
+    /// Every outbox message addressed to `recipient`, whatever its kind.
+    pub async fn count_outbox_to(&self, recipient: &str) -> usize {
+        use schema::outbox::dsl as o;
+        let payloads: Vec<serde_json::Value> = o::outbox
+            .select(o::payload)
+            .load(&mut self.conn().await)
+            .await
+            .expect("outbox is readable");
+        payloads
+            .iter()
+            .filter(|p| {
+                p["recipient"]
+                    .as_str()
+                    .is_some_and(|r| r.eq_ignore_ascii_case(recipient))
+            })
+            .count()
+    }
+
+    /// The users rows of `email` (any letter case): (id, status), by id.
+    pub async fn rows_of(&self, email: &str) -> Vec<(uuid::Uuid, String)> {
+        use schema::users::dsl as u;
+        let rows: Vec<(uuid::Uuid, String, String)> = u::users
+            .order(u::id.asc())
+            .select((u::id, u::email, u::status))
+            .load(&mut self.conn().await)
+            .await
+            .expect("users is readable");
+        rows.into_iter()
+            .filter(|(_, e, _)| e.eq_ignore_ascii_case(email))
+            .map(|(id, _, status)| (id, status))
+            .collect()
+    }
+}

@@ -8,7 +8,8 @@
 //! - `link`: [`LinkTemplate`], the URL with `{token}` that an email links to.
 //! - `expiry`: "expire in 24 hours, on Sunday 22 November 2026 at 10:00 UTC", in each locale.
 //! - `render`: the [`Renderer`] and the [`RenderedEmail`] it produces; `verification`,
-//!   `password_reset` and `password_changed` each add their kind of email to it.
+//!   `password_reset`, `password_changed` and `account_exists` each add their kind of email
+//!   to it.
 //! - `message`: [`build_message`], the multipart/alternative message with a stable Message-ID.
 //!
 //! ```ignore
@@ -20,6 +21,7 @@
 //! let message = build_message(&from, &payload.display_name, &payload.recipient, row_id, &email)?;
 //! ```
 
+mod account_exists;
 mod expiry;
 mod link;
 mod locale;

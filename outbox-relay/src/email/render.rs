@@ -1,5 +1,6 @@
 //! The [`Renderer`] and what it produces. Each kind of email adds its own `impl Renderer` block
-//! in its own module (see `verification.rs`, `password_reset.rs`, `password_changed.rs`).
+//! in its own module (see `verification.rs`, `password_reset.rs`, `password_changed.rs`,
+//! `account_exists.rs`).
 
 use super::templates::{Parts, Templates};
 use super::{LinkTemplate, Locale};

@@ -2,7 +2,9 @@
 //! `templates/<kind>/<locale>/` (`subject.txt`, `body.txt`, `body.html`), embedded in the binary
 //! at compile time and compiled once at startup. Names ending in `.html` are HTML-escaped.
 
-use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1, EmailVerificationV1};
+use identity_proto::outbox::{
+    EmailAccountExistsV1, EmailPasswordChangedV1, EmailPasswordResetV1, EmailVerificationV1,
+};
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 use super::Locale;
@@ -16,14 +18,18 @@ pub(crate) enum Kind {
     PasswordResetV1,
     /// The notice that a password was changed ([`EmailPasswordChangedV1`]).
     PasswordChangedV1,
+    /// The notice that someone tried to sign up with an active account's address
+    /// ([`EmailAccountExistsV1`]).
+    AccountExistsV1,
 }
 
 impl Kind {
     /// Every kind.
-    const ALL: [Self; 3] = [
+    const ALL: [Self; 4] = [
         Self::VerificationV1,
         Self::PasswordResetV1,
         Self::PasswordChangedV1,
+        Self::AccountExistsV1,
     ];
 
     /// The outbox kind, which is also the name of its folder under `templates/`.
@@ -32,6 +38,7 @@ impl Kind {
             Self::VerificationV1 => EmailVerificationV1::KIND,
             Self::PasswordResetV1 => EmailPasswordResetV1::KIND,
             Self::PasswordChangedV1 => EmailPasswordChangedV1::KIND,
+            Self::AccountExistsV1 => EmailAccountExistsV1::KIND,
         }
     }
 }
@@ -64,6 +71,8 @@ fn sources(kind: Kind, locale: Locale) -> Sources {
         (Kind::PasswordResetV1, Locale::Fr) => sources!("email.password_reset.v1/fr"),
         (Kind::PasswordChangedV1, Locale::En) => sources!("email.password_changed.v1/en"),
         (Kind::PasswordChangedV1, Locale::Fr) => sources!("email.password_changed.v1/fr"),
+        (Kind::AccountExistsV1, Locale::En) => sources!("email.account_exists.v1/en"),
+        (Kind::AccountExistsV1, Locale::Fr) => sources!("email.account_exists.v1/fr"),
     }
 }
 
@@ -143,7 +152,7 @@ mod tests {
         let templates = Templates::load().expect("templates compile");
         let context = minijinja::context! {
             display_name => "<b>", link => "l", code => "c", expires_in => "i", expires_on => "o",
-            changed_on => "d",
+            changed_on => "d", attempted_on => "a",
         };
         for kind in Kind::ALL {
             for locale in Locale::ALL {
@@ -174,7 +183,7 @@ mod tests {
         let templates = Templates::load().expect("templates compile");
         let context = minijinja::context! {
             display_name => "Ada", link => "l", code => "c", expires_in => "i", expires_on => "o",
-            changed_on => "d",
+            changed_on => "d", attempted_on => "a",
         };
         let mut subjects = std::collections::HashSet::new();
         for kind in Kind::ALL {

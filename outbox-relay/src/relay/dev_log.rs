@@ -19,5 +19,8 @@ pub(super) fn log_written_file(path: &Path, payload: &Payload, rendered: &Render
         Payload::PasswordChanged(p) => {
             tracing::info!(path = %path.display(), "password changed notice for {}", p.recipient);
         }
+        Payload::AccountExists(p) => {
+            tracing::info!(path = %path.display(), "account exists notice for {}", p.recipient);
+        }
     }
 }

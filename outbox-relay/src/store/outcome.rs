@@ -15,12 +15,13 @@ use super::schema::outbox;
 
 /// Payload keys a dead-lettered message keeps; everything else (tokens, codes) is dropped. An
 /// allowlist, so a new secret field is dropped without anyone remembering to.
-const SAFE_PAYLOAD_KEYS: [&str; 5] = [
+const SAFE_PAYLOAD_KEYS: [&str; 6] = [
     "recipient",
     "display_name",
     "locale",
     "expires_at",
     "changed_at",
+    "attempted_at",
 ];
 
 /// Deletes a delivered message (and the secrets in it). Returns false if the lease was lost.
