@@ -262,7 +262,10 @@ fn serve_refuses_an_email_budget_or_an_enumeration_setting_that_makes_no_sense()
     let base = [
         ("DATABASE_URL", "postgres://identity@127.0.0.1:1/identity"),
         ("IDENTITY_CODE_HMAC_KEY", identity_tests::server::CODE_KEY),
-        ("IDENTITY_CHALLENGE_HMAC_KEY", identity_tests::server::CHALLENGE_KEY),
+        (
+            "IDENTITY_CHALLENGE_HMAC_KEY",
+            identity_tests::server::CHALLENGE_KEY,
+        ),
         ("IDENTITY_KEYS_DIR", "/nonexistent-keys"),
     ];
     for (setting, named) in [
