@@ -10,7 +10,8 @@
 //! - sessions once they expire, with their refresh tokens;
 //! - login-throttle rows `login_throttle_retention` after both their last failure and their
 //!   block;
-//! - dead letters (`outbox_dead`) `dead_letter_retention` after they died.
+//! - dead letters (`outbox_dead`) `dead_letter_retention` after they died;
+//! - rate-limit rows once their theoretical arrival time has passed (they hold no state then).
 //!
 //! Every replica runs one; they never delete the same row or wait on each other
 //! ([`db::retention`]).
@@ -64,6 +65,7 @@ pub struct Swept {
     pub sessions: usize,
     pub login_throttles: usize,
     pub dead_letters: usize,
+    pub rate_limits: usize,
 }
 
 impl Swept {
@@ -76,6 +78,7 @@ impl Swept {
             + self.sessions
             + self.login_throttles
             + self.dead_letters
+            + self.rate_limits
     }
 
     fn count(&mut self, due: Due, deleted: usize) {
@@ -87,6 +90,7 @@ impl Swept {
             Due::ExpiredSessions { .. } => &mut self.sessions,
             Due::StaleLoginThrottles { .. } => &mut self.login_throttles,
             Due::DeadLetters { .. } => &mut self.dead_letters,
+            Due::SpentRateLimits { .. } => &mut self.rate_limits,
         };
         *counter += deleted;
     }
@@ -146,6 +150,7 @@ impl Janitor {
             Due::DeadLetters {
                 dead_before: now - s.dead_letter_retention,
             },
+            Due::SpentRateLimits { tat_before: now },
         ];
         let mut swept = Swept::default();
         for due in kinds {
@@ -178,6 +183,7 @@ impl Janitor {
                     sessions = swept.sessions,
                     login_throttles = swept.login_throttles,
                     dead_letters = swept.dead_letters,
+                    rate_limits = swept.rate_limits,
                     "janitor deleted expired rows"
                 ),
                 Ok(_) => tracing::debug!("janitor found nothing due"),

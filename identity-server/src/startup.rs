@@ -24,6 +24,7 @@ use tower_http::{
 use tracing::Level;
 
 use crate::{
+    abuse::{self, Door},
     clock::Clock,
     db,
     domain::CodeKey,
@@ -73,6 +74,8 @@ pub struct Settings {
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
     pub cors_allowed_origins: Vec<HeaderValue>,
     pub janitor: janitor::Settings,
+    /// Client identity and rate limits ([`abuse`]).
+    pub abuse: abuse::Settings,
     /// How often readiness checks the database.
     pub readiness_interval: Duration,
     pub shutdown: Shutdown,
@@ -85,6 +88,7 @@ pub struct Application {
     registration: Arc<Registration>,
     sessions: Arc<Sessions>,
     password_reset: Arc<PasswordReset>,
+    door: Arc<Door>,
     keys: Arc<KeyDirectory>,
     pool: db::Pool,
     clock: Arc<dyn Clock>,
@@ -134,6 +138,7 @@ impl Application {
             .await?,
         );
         let janitor = Janitor::new(pool.clone(), Arc::clone(&clock), settings.janitor);
+        let door = Arc::new(Door::new(pool.clone(), Arc::clone(&clock), settings.abuse));
         let listener = TcpListener::bind(settings.grpc_addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -142,6 +147,7 @@ impl Application {
             registration,
             sessions,
             password_reset,
+            door,
             keys: settings.keys,
             pool,
             clock,
@@ -186,11 +192,15 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let registration = RegistrationServiceServer::new(RegistrationApi::new(self.registration));
+        let registration = RegistrationServiceServer::new(RegistrationApi::new(
+            self.registration,
+            Arc::clone(&self.door),
+        ));
         let token_settings = self.sessions.token_settings().clone();
-        let session_service = SessionServiceServer::new(SessionApi::new(self.sessions));
+        let session_service =
+            SessionServiceServer::new(SessionApi::new(self.sessions, Arc::clone(&self.door)));
         let password_reset_service =
-            PasswordResetServiceServer::new(PasswordResetApi::new(self.password_reset));
+            PasswordResetServiceServer::new(PasswordResetApi::new(self.password_reset, self.door));
         let key_service = KeyServiceServer::new(KeyApi::new(
             Arc::clone(&self.keys),
             Arc::clone(&self.clock),

@@ -1,7 +1,7 @@
 //! `identity-server` as a user runs it: `migrate` on a new empty database, then `serve` on a
 //! free port, with its output captured.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use diesel::{QueryableByName, sql_types::Jsonb};
 use diesel_async::RunQueryDsl;
@@ -93,13 +93,36 @@ impl Server {
         }
     }
 
+    /// Another `identity-server serve` on the same database and signing keys (a second replica),
+    /// on its own free port.
+    pub async fn start_replica(&self, extra_env: &[(&str, &str)]) -> Replica {
+        let keys = self.keys_dir.display().to_string();
+        let mut env = vec![
+            ("DATABASE_URL", self.db.url.as_str()),
+            ("IDENTITY_GRPC_ADDR", "127.0.0.1:0"),
+            ("IDENTITY_CODE_HMAC_KEY", CODE_KEY),
+            ("IDENTITY_KEYS_DIR", keys.as_str()),
+        ];
+        env.extend_from_slice(extra_env);
+        let mut process = Process::spawn("identity-server", &["serve"], &env);
+        let line = process
+            .wait_for_line("identity-server listening", Duration::from_secs(30))
+            .await;
+        let addr = process::field(&line, "grpc.addr")
+            .unwrap_or_else(|| panic!("no grpc.addr in {line:?}"))
+            .to_owned();
+        Replica { process, addr }
+    }
+
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("valid URI")
-            .connect()
-            .await
-            .expect("the server accepts connections")
+        channel_from(&self.addr, None).await
+    }
+
+    /// A channel whose socket is bound to `source` (e.g. 127.0.0.2), so the server sees the calls
+    /// come from that address: distinct loopback addresses are distinct clients.
+    pub async fn channel_from(&self, source: IpAddr) -> Channel {
+        channel_from(&self.addr, Some(source)).await
     }
 
     /// A RegistrationService client.
@@ -134,4 +157,28 @@ impl Server {
             .map(|row| serde_json::from_value(row.payload).expect("payload parses"))
             .collect()
     }
+}
+
+/// A second `identity-server serve` started by [`Server::start_replica`].
+#[derive(Debug)]
+pub struct Replica {
+    pub process: Process,
+    pub addr: String,
+}
+
+impl Replica {
+    /// A channel whose socket is bound to `source`.
+    pub async fn channel_from(&self, source: IpAddr) -> Channel {
+        channel_from(&self.addr, Some(source)).await
+    }
+}
+
+/// A channel to `addr`, its socket bound to `source` if given.
+pub async fn channel_from(addr: &str, source: Option<IpAddr>) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .local_address(source)
+        .connect()
+        .await
+        .expect("the server accepts connections")
 }

@@ -4,6 +4,7 @@
 
 pub mod outbox;
 pub mod password_reset;
+pub mod rate_limits;
 pub mod retention;
 pub mod retry;
 pub mod schema;

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
 use crate::{
+    abuse::{Action, Door},
     domain::{EmailAddress, Invalid, VerificationToken},
     password_reset::PasswordReset,
 };
@@ -15,12 +16,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct PasswordResetApi {
     reset: Arc<PasswordReset>,
+    door: Arc<Door>,
 }
 
 impl PasswordResetApi {
-    /// Serves `reset`.
-    pub fn new(reset: Arc<PasswordReset>) -> Self {
-        Self { reset }
+    /// Serves `reset`, admitting calls through `door`.
+    pub fn new(reset: Arc<PasswordReset>, door: Arc<Door>) -> Self {
+        Self { reset, door }
     }
 }
 
@@ -35,6 +37,10 @@ impl PasswordResetService for PasswordResetApi {
         else {
             return Err(violations.into());
         };
+        let client = self.door.client_of(&request);
+        self.door
+            .admit(client, Action::RequestPasswordReset, Some(&email))
+            .await?;
         self.reset.request(email).await?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
     }
@@ -43,6 +49,7 @@ impl PasswordResetService for PasswordResetApi {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let client = self.door.client_of(&request);
         let request = request.into_inner();
         let mut violations = FieldViolations::default();
         let token = violations.check("token", VerificationToken::parse(&request.token));
@@ -52,6 +59,7 @@ impl PasswordResetService for PasswordResetApi {
         let Some(token) = token.filter(|_| violations.is_empty()) else {
             return Err(violations.into());
         };
+        self.door.admit(client, Action::ResetPassword, None).await?;
         self.reset.reset(token, &request.new_password).await?;
         Ok(Response::new(pb::ResetPasswordResponse {}))
     }

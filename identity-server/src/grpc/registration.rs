@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
 use crate::{
+    abuse::{Action, Door},
     domain::{
         DisplayName, EmailAddress, Invalid, Locale, Password, VerificationCode, VerificationToken,
     },
@@ -17,12 +18,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RegistrationApi {
     registration: Arc<Registration>,
+    door: Arc<Door>,
 }
 
 impl RegistrationApi {
-    /// Serves `registration`.
-    pub fn new(registration: Arc<Registration>) -> Self {
-        Self { registration }
+    /// Serves `registration`, admitting calls through `door`.
+    pub fn new(registration: Arc<Registration>, door: Arc<Door>) -> Self {
+        Self { registration, door }
     }
 }
 
@@ -89,7 +91,11 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let client = self.door.client_of(&request);
         let input = NewRegistration::try_from(request.into_inner())?;
+        self.door
+            .admit(client, Action::Register, Some(&input.email))
+            .await?;
         let user_id = self.registration.register(input).await?;
         Ok(Response::new(pb::RegisterResponse {
             user_id: user_id.to_string(),
@@ -101,7 +107,16 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let client = self.door.client_of(&request);
         let proof = Proof::try_from(request.into_inner())?;
+        // Only the code names an address: guessing codes is what the per-address limit stops.
+        let address = match &proof {
+            Proof::EmailCode { email, .. } => Some(email),
+            Proof::Token(_) => None,
+        };
+        self.door
+            .admit(client, Action::VerifyEmail, address)
+            .await?;
         let user_id = self.registration.verify_email(proof).await?;
         Ok(Response::new(pb::VerifyEmailResponse {
             user_id: user_id.to_string(),
@@ -118,6 +133,10 @@ impl RegistrationService for RegistrationApi {
         else {
             return Err(violations.into());
         };
+        let client = self.door.client_of(&request);
+        self.door
+            .admit(client, Action::ResendVerificationEmail, Some(&email))
+            .await?;
         self.registration.resend_verification_email(email).await?;
         Ok(Response::new(pb::ResendVerificationEmailResponse {}))
     }

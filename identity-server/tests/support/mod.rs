@@ -87,6 +87,7 @@ impl TestApp {
             password_reset: identity_server::password_reset::Settings::default(),
             cors_allowed_origins: Vec::new(),
             janitor: identity_server::janitor::Settings::default(),
+            abuse: identity_server::abuse::Settings::default(),
             readiness_interval: Duration::from_secs(5),
             shutdown: identity_server::startup::Shutdown {
                 drain_delay: Duration::ZERO,
