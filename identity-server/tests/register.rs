@@ -154,7 +154,8 @@ async fn registering_an_address_taken_in_another_letter_case_is_rejected() {
 
 #[tokio::test]
 async fn thirty_two_concurrent_registrations_of_one_address_create_exactly_one_user() {
-    let app = TestApp::spawn().await;
+    // Many calls from one client: this test is about a race on one address, not the rate limits.
+    let app = TestApp::spawn_with(support::without_rate_limits).await;
     let attempts: Vec<_> = (0..32)
         .map(|i| {
             let client = app.client.clone();
@@ -189,6 +190,8 @@ async fn a_full_hashing_queue_fails_fast_with_resource_exhausted_and_a_retry_del
     // One hashing worker, one place in the queue, and a slow hash: of 12 callers arriving
     // together, at most two are served and the others are turned away at once.
     let app = TestApp::spawn_with(|settings| {
+        // Many calls from one client: this test is about the hashing queue, not the rate limits.
+        support::without_rate_limits(settings);
         settings.hashing = HashingConfig {
             params: argon2::Params::new(64 * 1024, 6, 1, None).expect("valid params"),
             workers: 1,

@@ -233,3 +233,55 @@ async fn guessing_verification_codes_for_one_address_from_many_ips_is_cut_off() 
         .await
         .expect("the link still works");
 }
+
+/// A gRPC-Web ResendVerificationEmail over HTTP/1.1 from a socket bound to `source`; returns
+/// the raw response, lower-cased and without spaces (the status comes as a header or in the
+/// trailer frame).
+async fn grpc_web_resend_from(addr: &str, source: &str, email: &str) -> String {
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let message = pb::ResendVerificationEmailRequest {
+        email: email.into(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind((ip(source), 0).into())
+        .expect("binds to a loopback address");
+    let mut stream = socket
+        .connect(addr.parse().expect("socket address"))
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /identity.v1.RegistrationService/ResendVerificationEmail HTTP/1.1\r\n\
+         Host: identity\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        frame.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("writes");
+    stream.write_all(&frame).await.expect("writes");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("reads");
+    String::from_utf8_lossy(&response)
+        .to_ascii_lowercase()
+        .replace(' ', "")
+}
+
+#[tokio::test]
+async fn grpc_web_calls_are_limited_per_peer_too() {
+    let server =
+        Server::start(&[("IDENTITY_RATE_LIMITS", "resend_verification_email.ip=1/1h")]).await;
+
+    let first = grpc_web_resend_from(&server.addr, "127.0.0.2", "w1@example.com").await;
+    let second = grpc_web_resend_from(&server.addr, "127.0.0.2", "w2@example.com").await;
+    let other = grpc_web_resend_from(&server.addr, "127.0.0.3", "w3@example.com").await;
+
+    assert!(first.contains("grpc-status:0"), "{first}");
+    // RESOURCE_EXHAUSTED is 8.
+    assert!(second.contains("grpc-status:8"), "{second}");
+    assert!(other.contains("grpc-status:0"), "another peer: {other}");
+}

@@ -118,8 +118,8 @@ impl Rate {
             period,
             burst,
         };
-        if rate.emission_interval() < Duration::from_millis(1) {
-            return Err("more than 1000 calls per second is not a limit".into());
+        if rate.emission_interval().is_zero() {
+            return Err("at most 1000000 calls per second (one per microsecond)".into());
         }
         Ok(rate)
     }
@@ -359,7 +359,7 @@ mod tests {
             ("10/1h+0", "at least 1"),
             ("10/0s", "between 1s and 7d"),
             ("10/8d", "between 1s and 7d"),
-            ("5000/1s", "1000 calls per second"),
+            ("2000000/1s", "1000000 calls per second"),
         ] {
             let error = raw.parse::<Rate>().expect_err(raw);
             assert!(error.contains(expected), "{raw}: {error}");

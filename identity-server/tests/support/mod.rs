@@ -31,6 +31,12 @@ use tonic_types::StatusExt;
 /// A valid password that no policy objects to.
 pub const PASSWORD: &str = "tangerine-kettle-orbit-42";
 
+/// Turns the rate limits off, for a test that makes many calls from one client (127.0.0.1)
+/// about something else; `door.rs` tests the limits.
+pub fn without_rate_limits(settings: &mut Settings) {
+    settings.abuse.limits = None;
+}
+
 /// A server running in this process.
 pub struct TestApp {
     pub db: TestDb,
