@@ -251,9 +251,7 @@ fn forwarded_hops(value: &str) -> Vec<Option<IpAddr>> {
         .map(|element| {
             let mut node = None;
             for pair in split_outside_quotes(element, ';') {
-                let Some((name, value)) = pair.split_once('=') else {
-                    return None;
-                };
+                let (name, value) = pair.split_once('=')?;
                 if name.trim().eq_ignore_ascii_case("for") {
                     if node.is_some() {
                         // Two `for`s in one element: malformed.
