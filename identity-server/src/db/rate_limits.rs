@@ -50,7 +50,8 @@ pub async fn decide(
 ) -> Result<Vec<KeyOutcome>, StoreError> {
     // `seen` reads the committed state; `charged` upserts every key only if all conform, and
     // re-checks each key under its row lock (ON CONFLICT ... WHERE sees the latest version).
-    // GREATEST ignores NULL, so a key without a row starts at `now`.
+    // GREATEST ignores NULL, so a key without a row starts at `now`. Rows are locked in key
+    // order, the same in every call, so two calls sharing keys never deadlock.
     const SQL: &str = "
         WITH input AS (
             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY
@@ -63,6 +64,7 @@ pub async fn decide(
             INSERT INTO rate_limits AS r (key, tat)
             SELECT s.key, $4 + s.emission_us * interval '1 microsecond' FROM seen s
             WHERE NOT EXISTS (SELECT 1 FROM seen WHERE allowed_from > $4)
+            ORDER BY s.key
             ON CONFLICT (key) DO UPDATE
                 SET tat = GREATEST(r.tat, $4) + (excluded.tat - $4)
                 WHERE r.tat - (SELECT i.tolerance_us FROM input i WHERE i.key = r.key)
