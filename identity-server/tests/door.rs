@@ -195,3 +195,45 @@ async fn the_janitor_deletes_rate_limit_rows_once_their_state_has_lapsed() {
     app.clock.advance(Duration::minutes(20));
     assert_eq!(janitor.sweep().await.expect("sweeps").rate_limits, 1);
 }
+
+#[tokio::test]
+async fn generous_limits_charged_in_batches_still_admit_exactly_the_burst() {
+    let app = TestApp::spawn().await;
+    // Burst 100: batches of 3 cells, the last call alone.
+    let door = door(&app, "refresh_session.ip=100/1h");
+    let ip = client("203.0.113.9");
+
+    let mut admitted = 0;
+    let mut last_usage = None;
+    for _ in 0..120 {
+        if let Ok(admission) = door.admit(ip, Action::RefreshSession, None).await {
+            admitted += 1;
+            last_usage = admission.ip_usage();
+        }
+    }
+
+    assert_eq!(admitted, 100);
+    assert_eq!(last_usage, Some(Usage { used: 100, burst: 100 }));
+}
+
+#[tokio::test]
+async fn replicas_charging_in_batches_never_admit_more_than_the_burst_together() {
+    let app = TestApp::spawn().await;
+    let doors = [
+        door(&app, "refresh_session.ip=200/1h"),
+        door(&app, "refresh_session.ip=200/1h"),
+        door(&app, "refresh_session.ip=200/1h"),
+    ];
+    let ip = client("203.0.113.9");
+
+    let mut admitted = 0;
+    for i in 0..300 {
+        if doors[i % 3].admit(ip, Action::RefreshSession, None).await.is_ok() {
+            admitted += 1;
+        }
+    }
+
+    // Spares held by the other replicas can only make it stricter.
+    assert!(admitted <= 200, "{admitted} admitted");
+    assert!(admitted > 150, "{admitted} admitted");
+}

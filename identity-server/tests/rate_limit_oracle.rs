@@ -62,6 +62,7 @@ async fn the_sql_gcra_decides_exactly_as_governor_over_a_random_timeline() {
             key: format!("oracle:{which}:{subject}"),
             emission_us: micros(emission),
             tolerance_us: micros(emission * (burst - 1)),
+            cells: 1,
         };
         let outcome = rate_limits::decide(&mut conn, now, std::slice::from_ref(&key))
             .await
@@ -108,6 +109,7 @@ async fn a_call_refused_by_one_key_charges_none_of_its_keys() {
         key: name.into(),
         emission_us: 1_000_000,
         tolerance_us: 1_000_000 * (burst - 1),
+        cells: 1,
     };
     let roomy = key("roomy", 10);
     let tight = key("tight", 1);

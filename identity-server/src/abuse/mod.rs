@@ -11,6 +11,15 @@
 //! `tat` never decreases (and the janitor deletes a row only once its `tat` has passed), so a
 //! key refused until `t` stays refused until `t` whatever other replicas do; the pre-filter
 //! is never stricter than the shared state, it only spares the database during a flood.
+//!
+//! Generous single-key limits (burst of at least [`LEASE_MIN_BURST`], e.g. RefreshSession per
+//! IP) are also spared most round trips: a call that finds no spare cell charges up to
+//! [`LEASE_MAX_CELLS`] cells at once in the shared state and the replica hands the spares to the
+//! next calls of that key within one emission interval (at most a second); spares not handed
+//! out by then are dropped. Every admitted call was charged in the shared state, so together
+//! the replicas never admit more calls than the limit; a spare only moves a call's charge up to
+//! one interval earlier, and unused spares make the limit that much stricter for a moment. Near
+//! the limit the batch does not fit and the call is decided alone, exactly.
 
 pub mod client;
 pub mod limits;
@@ -103,6 +112,35 @@ pub enum AdmitError {
 /// Most refusals the pre-filter remembers per replica.
 const MAX_REMEMBERED_REFUSALS: usize = 10_000;
 
+/// Least burst of a limit whose cells a replica charges in batches (tight limits are decided
+/// call by call).
+pub const LEASE_MIN_BURST: u32 = 64;
+
+/// Most cells charged at once for a batch.
+pub const LEASE_MAX_CELLS: u32 = 16;
+
+/// Longest a spare cell is kept before it is dropped (also at most one emission interval).
+const LEASE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Spare cells of one key, charged in the shared state and not yet handed out.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    spare: u32,
+    /// The key's `tat` after the batch was charged.
+    tat: OffsetDateTime,
+    /// When the spares are dropped.
+    until: OffsetDateTime,
+}
+
+/// Cells to charge at once for a single-key call under `rate`: 1 for tight limits.
+fn batch_cells(rate: &Rate) -> u32 {
+    if rate.burst() < LEASE_MIN_BURST {
+        1
+    } else {
+        (rate.burst() / 32).clamp(2, LEASE_MAX_CELLS)
+    }
+}
+
 /// Decides whether a call may go on; see the module documentation.
 pub struct Door {
     pool: db::Pool,
@@ -111,6 +149,8 @@ pub struct Door {
     identity: ClientIdentity,
     /// Keys refused until the instant they hold (the pre-filter).
     refused_until: Mutex<HashMap<String, OffsetDateTime>>,
+    /// Spare cells of generous single-key limits.
+    leases: Mutex<HashMap<String, Lease>>,
 }
 
 impl std::fmt::Debug for Door {
@@ -131,6 +171,7 @@ impl Door {
             limits: settings.limits,
             identity: settings.identity,
             refused_until: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
         }
     }
 
@@ -178,9 +219,24 @@ impl Door {
             return Err(refusal(action, rates[i].0, until - now));
         }
 
-        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-        let outcomes = db::rate_limits::decide(&mut conn, now, &keys).await?;
-        drop(conn);
+        if let [(scope, rate)] = rates[..] {
+            let cells = batch_cells(&rate);
+            if cells > 1 {
+                if let Some(tat) = self.take_spare(&keys[0].key, now) {
+                    return Ok(admission(scope, tat - now, &rate));
+                }
+                let mut batch = keys.clone();
+                batch[0].cells = i64::from(cells);
+                let outcome = self.decide(now, &batch).await?[0];
+                if let Some(tat) = outcome.charged_tat {
+                    let age = LEASE_MAX_AGE.min(rate.emission_interval());
+                    self.store_spares(&keys[0].key, cells - 1, tat, now, now + age);
+                    return Ok(admission(scope, tat - now, &rate));
+                }
+                // The batch does not fit (near the limit): decide this call alone.
+            }
+        }
+        let outcomes = self.decide(now, &keys).await?;
 
         let mut ip_usage = None;
         // The key that refuses longest, as the committed state stood.
@@ -209,6 +265,47 @@ impl Door {
         match refused.or(lost_race) {
             Some((scope, wait)) => Err(refusal(action, scope, wait)),
             None => Ok(Admission { ip_usage }),
+        }
+    }
+
+    /// One decision against the shared state.
+    async fn decide(
+        &self,
+        now: OffsetDateTime,
+        keys: &[KeyLimit],
+    ) -> Result<Vec<db::rate_limits::KeyOutcome>, AdmitError> {
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        Ok(db::rate_limits::decide(&mut conn, now, keys).await?)
+    }
+
+    /// Hands out a spare cell of `key` if one is left and still fresh; returns the `tat` its
+    /// batch left behind.
+    fn take_spare(&self, key: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        let lease = leases.get_mut(key)?;
+        if lease.spare == 0 || lease.until <= now {
+            leases.remove(key);
+            return None;
+        }
+        lease.spare -= 1;
+        Some(lease.tat)
+    }
+
+    /// Keeps `spare` cells of `key` until `until`, dropping lapsed leases when full.
+    fn store_spares(
+        &self,
+        key: &str,
+        spare: u32,
+        tat: OffsetDateTime,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if leases.len() >= MAX_REMEMBERED_REFUSALS {
+            leases.retain(|_, lease| lease.until > now && lease.spare > 0);
+        }
+        if leases.len() < MAX_REMEMBERED_REFUSALS {
+            leases.insert(key.to_owned(), Lease { spare, tat, until });
         }
     }
 
@@ -245,6 +342,13 @@ impl Door {
     }
 }
 
+/// An admission whose key of `scope` runs `ahead` of now.
+fn admission(scope: Scope, ahead: time::Duration, rate: &Rate) -> Admission {
+    Admission {
+        ip_usage: (scope == Scope::Ip).then(|| usage(ahead, rate)),
+    }
+}
+
 fn refusal(action: Action, scope: Scope, wait: time::Duration) -> AdmitError {
     AdmitError::RateLimited {
         action,
@@ -270,6 +374,7 @@ fn key_limit(action: Action, scope: Scope, subject: &str, rate: Rate) -> KeyLimi
         key: format!("{action}:{scope}:{subject}"),
         emission_us: micros(rate.emission_interval()),
         tolerance_us: micros(rate.tolerance()),
+        cells: 1,
     }
 }
 

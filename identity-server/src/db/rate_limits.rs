@@ -27,13 +27,16 @@ pub struct KeyLimit {
     pub emission_us: i64,
     /// Tolerance τ = T·(burst − 1): how far `tat` may run ahead of `now`.
     pub tolerance_us: i64,
+    /// Calls charged at once (1 for a call; more to reserve spare calls, see `abuse`): they
+    /// conform together when `now >= tat + (cells - 1)·T - τ`, and move `tat` by `cells`·T.
+    pub cells: i64,
 }
 
 /// What the decision found for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
 pub struct KeyOutcome {
-    /// The first instant at which a call conforms for this key, as the state stood before the
-    /// call; after `now` means this key refused.
+    /// The first instant at which the call (its `cells`) conforms for this key, as the state
+    /// stood before the call; after `now` means this key refused.
     #[diesel(sql_type = Timestamptz)]
     pub allowed_from: OffsetDateTime,
     /// The key's new `tat` if the call charged it.
@@ -54,20 +57,23 @@ pub async fn decide(
     // order, the same in every call, so two calls sharing keys never deadlock.
     const SQL: &str = "
         WITH input AS (
-            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY
-                AS i(key, emission_us, tolerance_us, position)
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $5::bigint[])
+                WITH ORDINALITY AS i(key, emission_us, tolerance_us, cells, position)
         ), seen AS (
-            SELECT i.key, i.position, i.emission_us,
-                   GREATEST(r.tat, $4) - i.tolerance_us * interval '1 microsecond' AS allowed_from
+            SELECT i.key, i.position, i.emission_us * i.cells AS cost_us,
+                   GREATEST(r.tat, $4)
+                   + ((i.cells - 1) * i.emission_us - i.tolerance_us) * interval '1 microsecond'
+                   AS allowed_from
             FROM input i LEFT JOIN rate_limits r ON r.key = i.key
         ), charged AS (
             INSERT INTO rate_limits AS r (key, tat)
-            SELECT s.key, $4 + s.emission_us * interval '1 microsecond' FROM seen s
+            SELECT s.key, $4 + s.cost_us * interval '1 microsecond' FROM seen s
             WHERE NOT EXISTS (SELECT 1 FROM seen WHERE allowed_from > $4)
             ORDER BY s.key
             ON CONFLICT (key) DO UPDATE
                 SET tat = GREATEST(r.tat, $4) + (excluded.tat - $4)
-                WHERE r.tat - (SELECT i.tolerance_us FROM input i WHERE i.key = r.key)
+                WHERE r.tat + (SELECT (i.cells - 1) * i.emission_us - i.tolerance_us
+                               FROM input i WHERE i.key = r.key)
                               * interval '1 microsecond' <= $4
             RETURNING r.key, r.tat
         )
@@ -77,11 +83,13 @@ pub async fn decide(
     let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
     let emissions: Vec<i64> = keys.iter().map(|k| k.emission_us).collect();
     let tolerances: Vec<i64> = keys.iter().map(|k| k.tolerance_us).collect();
+    let cells: Vec<i64> = keys.iter().map(|k| k.cells).collect();
     Ok(diesel::sql_query(SQL)
         .bind::<Array<Text>, _>(names)
         .bind::<Array<BigInt>, _>(emissions)
         .bind::<Array<BigInt>, _>(tolerances)
         .bind::<Timestamptz, _>(now)
+        .bind::<Array<BigInt>, _>(cells)
         .load(conn)
         .await?)
 }
