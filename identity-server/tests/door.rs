@@ -213,7 +213,13 @@ async fn generous_limits_charged_in_batches_still_admit_exactly_the_burst() {
     }
 
     assert_eq!(admitted, 100);
-    assert_eq!(last_usage, Some(Usage { used: 100, burst: 100 }));
+    assert_eq!(
+        last_usage,
+        Some(Usage {
+            used: 100,
+            burst: 100
+        })
+    );
 }
 
 #[tokio::test]
@@ -228,7 +234,11 @@ async fn replicas_charging_in_batches_never_admit_more_than_the_burst_together()
 
     let mut admitted = 0;
     for i in 0..300 {
-        if doors[i % 3].admit(ip, Action::RefreshSession, None).await.is_ok() {
+        if doors[i % 3]
+            .admit(ip, Action::RefreshSession, None)
+            .await
+            .is_ok()
+        {
             admitted += 1;
         }
     }

@@ -15,11 +15,11 @@
 //! Generous single-key limits (burst of at least [`LEASE_MIN_BURST`], e.g. RefreshSession per
 //! IP) are also spared most round trips: a call that finds no spare cell charges up to
 //! [`LEASE_MAX_CELLS`] cells at once in the shared state and the replica hands the spares to the
-//! next calls of that key within one emission interval (at most a second); spares not handed
-//! out by then are dropped. Every admitted call was charged in the shared state, so together
-//! the replicas never admit more calls than the limit; a spare only moves a call's charge up to
-//! one interval earlier, and unused spares make the limit that much stricter for a moment. Near
-//! the limit the batch does not fit and the call is decided alone, exactly.
+//! next calls of that key within a second; spares not handed out by then are dropped. Every
+//! admitted call was charged in the shared state, so together the replicas never admit more
+//! calls than the limit; a spare only moves the charge of at most 15 calls per replica up to a
+//! second earlier, and unused spares make the limit that much stricter for a moment. Near the
+//! limit the batch does not fit and the call is decided alone, exactly.
 
 pub mod client;
 pub mod limits;
@@ -119,7 +119,7 @@ pub const LEASE_MIN_BURST: u32 = 64;
 /// Most cells charged at once for a batch.
 pub const LEASE_MAX_CELLS: u32 = 16;
 
-/// Longest a spare cell is kept before it is dropped (also at most one emission interval).
+/// Longest a spare cell is kept before it is dropped.
 const LEASE_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Spare cells of one key, charged in the shared state and not yet handed out.
@@ -229,8 +229,7 @@ impl Door {
                 batch[0].cells = i64::from(cells);
                 let outcome = self.decide(now, &batch).await?[0];
                 if let Some(tat) = outcome.charged_tat {
-                    let age = LEASE_MAX_AGE.min(rate.emission_interval());
-                    self.store_spares(&keys[0].key, cells - 1, tat, now, now + age);
+                    self.store_spares(&keys[0].key, cells - 1, tat, now, now + LEASE_MAX_AGE);
                     return Ok(admission(scope, tat - now, &rate));
                 }
                 // The batch does not fit (near the limit): decide this call alone.
