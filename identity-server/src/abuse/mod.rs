@@ -68,7 +68,8 @@ pub struct Admission {
     ip_usage: Option<Usage>,
 }
 
-/// How full a client IP's bucket for this action is, counting the call just admitted.
+/// How full a client IP's bucket for this action is in the shared state, counting the call just
+/// admitted (and, for limits charged in batches, the spares this replica holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     /// Calls' worth of the burst in use: 1 for the first call after a quiet spell, `burst` when
