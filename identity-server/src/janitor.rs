@@ -14,6 +14,7 @@
 //! - marks of used challenge solutions [`CHALLENGE_CLOCK_MARGIN`] after their challenge
 //!   expired (an expired solution is refused anyway).
 //! - the email budget's ledger rows a day after their send, when they no longer count.
+//! - rate-limit rows once their theoretical arrival time has passed (they hold no state then).
 //!
 //! Every replica runs one; they never delete the same row or wait on each other
 //! ([`db::retention`]).
@@ -74,6 +75,7 @@ pub struct Swept {
     pub dead_letters: usize,
     pub challenge_solutions: usize,
     pub email_sends: usize,
+    pub rate_limits: usize,
 }
 
 impl Swept {
@@ -88,6 +90,7 @@ impl Swept {
             + self.dead_letters
             + self.challenge_solutions
             + self.email_sends
+            + self.rate_limits
     }
 
     fn count(&mut self, due: Due, deleted: usize) {
@@ -101,6 +104,7 @@ impl Swept {
             Due::DeadLetters { .. } => &mut self.dead_letters,
             Due::ChallengeSolutions { .. } => &mut self.challenge_solutions,
             Due::EmailSends { .. } => &mut self.email_sends,
+            Due::SpentRateLimits { .. } => &mut self.rate_limits,
         };
         *counter += deleted;
     }
@@ -166,6 +170,7 @@ impl Janitor {
             Due::EmailSends {
                 sent_before: now - EmailBudget::WINDOW,
             },
+            Due::SpentRateLimits { tat_before: now },
         ];
         let mut swept = Swept::default();
         for due in kinds {
@@ -200,6 +205,7 @@ impl Janitor {
                     dead_letters = swept.dead_letters,
                     challenge_solutions = swept.challenge_solutions,
                     email_sends = swept.email_sends,
+                    rate_limits = swept.rate_limits,
                     "janitor deleted expired rows"
                 ),
                 Ok(_) => tracing::debug!("janitor found nothing due"),

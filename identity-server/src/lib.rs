@@ -1,5 +1,7 @@
 //! identity-server: sign-up over gRPC, with a transactional outbox.
 //!
+//! - [`abuse`]: abuse controls at the door: the client IP (behind trusted proxies too) and the
+//!   rate limits per IP and per address, decided against shared state before any use case.
 //! - [`domain`]: parsed values (email, password, names, verification secrets); no I/O.
 //! - [`registration`]: the sign-up use cases (register, verify, resend) and their errors.
 //! - [`sessions`]: login, refresh and revoke.
@@ -14,6 +16,7 @@
 //! - [`startup`]: builds and runs the server; [`health`]: liveness and readiness; [`cli`] reads
 //!   the command line; [`telemetry`] sets up logging; [`clock`] makes time a parameter.
 
+pub mod abuse;
 pub mod challenge;
 pub mod cli;
 pub mod clock;

@@ -24,6 +24,7 @@ use tower_http::{
 use tracing::Level;
 
 use crate::{
+    abuse::{self, Door},
     challenge::{self, Challenges},
     clock::Clock,
     db,
@@ -78,6 +79,8 @@ pub struct Settings {
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
     pub cors_allowed_origins: Vec<HeaderValue>,
     pub janitor: janitor::Settings,
+    /// Client identity and rate limits ([`abuse`]).
+    pub abuse: abuse::Settings,
     /// How often readiness checks the database.
     pub readiness_interval: Duration,
     pub shutdown: Shutdown,
@@ -90,6 +93,7 @@ pub struct Application {
     registration: Arc<Registration>,
     sessions: Arc<Sessions>,
     password_reset: Arc<PasswordReset>,
+    door: Arc<Door>,
     challenges: Arc<Challenges>,
     keys: Arc<KeyDirectory>,
     pool: db::Pool,
@@ -145,6 +149,7 @@ impl Application {
             settings.challenge,
         )?);
         let janitor = Janitor::new(pool.clone(), Arc::clone(&clock), settings.janitor);
+        let door = Arc::new(Door::new(pool.clone(), Arc::clone(&clock), settings.abuse));
         let listener = TcpListener::bind(settings.grpc_addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -153,6 +158,7 @@ impl Application {
             registration,
             sessions,
             password_reset,
+            door,
             challenges,
             keys: settings.keys,
             pool,
@@ -200,14 +206,17 @@ impl Application {
 
         let registration = RegistrationServiceServer::new(RegistrationApi::new(
             self.registration,
+            Arc::clone(&self.door),
             Arc::clone(&self.challenges),
         ));
         let challenge_service =
             ChallengeServiceServer::new(ChallengeApi::new(Arc::clone(&self.challenges)));
         let token_settings = self.sessions.token_settings().clone();
-        let session_service = SessionServiceServer::new(SessionApi::new(self.sessions));
+        let session_service =
+            SessionServiceServer::new(SessionApi::new(self.sessions, Arc::clone(&self.door)));
         let password_reset_service = PasswordResetServiceServer::new(PasswordResetApi::new(
             self.password_reset,
+            self.door,
             self.challenges,
         ));
         let key_service = KeyServiceServer::new(KeyApi::new(

@@ -79,7 +79,8 @@ const CAP: Duration = Duration::minutes(15);
 
 #[tokio::test]
 async fn forty_concurrent_wrong_passwords_for_one_account_are_evaluated_at_most_five_times() {
-    let app = TestApp::spawn().await;
+    // Many calls from one client: this test is about the login throttle, not the rate limits.
+    let app = TestApp::spawn_with(support::without_rate_limits).await;
     active_user(&app, "ada@example.com").await;
 
     let burst = guess_at_once(&app, "ada@example.com").await;
@@ -106,7 +107,8 @@ async fn forty_concurrent_wrong_passwords_for_one_account_are_evaluated_at_most_
 
 #[tokio::test]
 async fn forty_concurrent_guesses_for_an_unknown_address_are_throttled_the_same_way() {
-    let app = TestApp::spawn().await;
+    // Many calls from one client: this test is about the login throttle, not the rate limits.
+    let app = TestApp::spawn_with(support::without_rate_limits).await;
 
     let burst = guess_at_once(&app, "nobody@example.com").await;
 
@@ -128,7 +130,8 @@ async fn forty_concurrent_guesses_for_an_unknown_address_are_throttled_the_same_
 
 #[tokio::test]
 async fn a_block_never_exceeds_the_cap_however_many_guesses_came_before() {
-    let app = TestApp::spawn().await;
+    // Many calls from one client: this test is about the login throttle, not the rate limits.
+    let app = TestApp::spawn_with(support::without_rate_limits).await;
     active_user(&app, "ada@example.com").await;
 
     // Guess after guess, each as soon as the previous block ends, far past the cap.

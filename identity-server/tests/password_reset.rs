@@ -224,6 +224,8 @@ async fn a_burst_of_resets_with_slow_hashing_does_not_exhaust_a_small_pool() {
     // computed one at a time: a reset that held its connection while hashing would keep the
     // others waiting for longer than the pool lets them.
     let app = TestApp::spawn_with(|settings| {
+        // Many calls from one client: this test is about the pool under slow hashing, not the rate limits.
+        support::without_rate_limits(settings);
         settings.database.max_size = 2;
         settings.database.timeout = std::time::Duration::from_secs(1);
         settings.hashing = identity_server::hashing::HashingConfig {
@@ -265,6 +267,8 @@ async fn concurrent_resets_of_one_user_with_distinct_tokens_succeed_once_and_nev
 {
     // Cheap hashes on as many workers as calls, so the resets reach the database together.
     let app = TestApp::spawn_with(|settings| {
+        // Many calls from one client: this test is about concurrent resets, not the rate limits.
+        support::without_rate_limits(settings);
         settings.hashing = identity_server::hashing::HashingConfig {
             params: argon2::Params::new(1024, 1, 1, None).expect("valid params"),
             workers: 16,

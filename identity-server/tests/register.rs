@@ -159,8 +159,10 @@ async fn with_enumeration_safety_off_an_active_address_in_another_letter_case_is
 
 #[tokio::test]
 async fn thirty_two_concurrent_registrations_of_one_address_each_get_a_registration_and_one_wins() {
-    // A budget large enough for all of them: the budget itself is tested in email_budget.rs.
+    // Many calls from one client, and a budget large enough for all of them: this test is about
+    // a race on one address, not the rate limits or the budget (email_budget.rs tests that).
     let app = TestApp::spawn_with(|settings| {
+        support::without_rate_limits(settings);
         settings.registration.email_budget =
             identity_server::domain::EmailBudget::new(32, 32).expect("valid");
     })
@@ -222,6 +224,8 @@ async fn a_full_hashing_queue_fails_fast_with_resource_exhausted_and_a_retry_del
     // One hashing worker, one place in the queue, and a slow hash: of 12 callers arriving
     // together, at most two are served and the others are turned away at once.
     let app = TestApp::spawn_with(|settings| {
+        // Many calls from one client: this test is about the hashing queue, not the rate limits.
+        support::without_rate_limits(settings);
         settings.hashing = HashingConfig {
             params: argon2::Params::new(64 * 1024, 6, 1, None).expect("valid params"),
             workers: 1,

@@ -143,7 +143,8 @@ async fn malformed_proofs_are_bad_requests_naming_the_field() {
 
 #[tokio::test]
 async fn the_sixth_wrong_code_gives_too_many_attempts_and_locks_the_code() {
-    let app = TestApp::spawn().await;
+    // Many calls from one client: this test is about the per-email cap on wrong codes, not the rate limits.
+    let app = TestApp::spawn_with(support::without_rate_limits).await;
     app.register("ada@example.com").await.expect("registers");
     let email = app.email_to("ada@example.com").await;
     let wrong = other_code(&email.code);
@@ -218,7 +219,8 @@ async fn after_a_resend_the_old_and_the_new_pair_both_work_until_one_is_used() {
 
 #[tokio::test]
 async fn concurrent_verifications_activate_the_user_exactly_once() {
-    let app = TestApp::spawn().await;
+    // Many calls from one client: this test is about concurrent verifications, not the rate limits.
+    let app = TestApp::spawn_with(support::without_rate_limits).await;
     app.register("ada@example.com").await.expect("registers");
     let email = app.email_to("ada@example.com").await;
 
@@ -263,8 +265,10 @@ async fn concurrent_verifications_activate_the_user_exactly_once() {
 async fn wrong_codes_across_resends_hit_the_account_cap_after_which_only_the_link_verifies() {
     // The default cap is 15 wrong codes per account. Three wrong codes per email never lock a
     // fresh email's own code (5 per email), so only the account-wide count can stop them. Six
-    // emails in minutes: past the default email budget, raised here.
+    // emails in minutes from one client: past the default email budget and the rate limits,
+    // which this test is not about; both are lifted.
     let app = TestApp::spawn_with(|settings| {
+        support::without_rate_limits(settings);
         settings.registration.email_budget =
             identity_server::domain::EmailBudget::new(10, 10).expect("valid");
     })

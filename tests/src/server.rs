@@ -1,7 +1,7 @@
 //! `identity-server` as a user runs it: `migrate` on a new empty database, then `serve` on a
 //! free port, with its output captured.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use diesel::{QueryableByName, sql_types::Jsonb};
 use diesel_async::RunQueryDsl;
@@ -95,11 +95,12 @@ pub struct Replica {
 impl Replica {
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("valid URI")
-            .connect()
-            .await
-            .expect("the replica accepts connections")
+        channel_from(&self.addr, None).await
+    }
+
+    /// A channel whose socket is bound to `source`.
+    pub async fn channel_from(&self, source: IpAddr) -> Channel {
+        channel_from(&self.addr, Some(source)).await
     }
 }
 
@@ -128,7 +129,7 @@ impl Server {
     }
 
     /// Another `identity-server serve` on the same database and signing keys (a second
-    /// replica), with the same environment plus `extra_env`.
+    /// replica), with the base environment plus `extra_env`.
     pub async fn replica(&self, extra_env: &[(&str, &str)]) -> Replica {
         let (process, addr) = serve(&self.db.url, &self.keys_dir, extra_env).await;
         Replica { process, addr }
@@ -136,11 +137,13 @@ impl Server {
 
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("valid URI")
-            .connect()
-            .await
-            .expect("the server accepts connections")
+        channel_from(&self.addr, None).await
+    }
+
+    /// A channel whose socket is bound to `source` (e.g. 127.0.0.2), so the server sees the calls
+    /// come from that address: distinct loopback addresses are distinct clients.
+    pub async fn channel_from(&self, source: IpAddr) -> Channel {
+        channel_from(&self.addr, Some(source)).await
     }
 
     /// A RegistrationService client.
@@ -175,4 +178,14 @@ impl Server {
             .map(|row| serde_json::from_value(row.payload).expect("payload parses"))
             .collect()
     }
+}
+
+/// A channel to `addr`, its socket bound to `source` if given.
+pub async fn channel_from(addr: &str, source: Option<IpAddr>) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .local_address(source)
+        .connect()
+        .await
+        .expect("the server accepts connections")
 }

@@ -17,6 +17,12 @@ use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
 const ALWAYS: &[(&str, &str)] = &[("IDENTITY_CHALLENGE_POLICY", "always")];
+/// The policy `always` without rate limits, for tests that make many calls from one client
+/// (rate_limits.rs tests the limits).
+const ALWAYS_UNLIMITED: &[(&str, &str)] = &[
+    ("IDENTITY_CHALLENGE_POLICY", "always"),
+    ("IDENTITY_RATE_LIMITING", "false"),
+];
 
 fn reason(status: &Status) -> String {
     status
@@ -132,8 +138,8 @@ async fn a_solved_challenge_is_accepted_once() {
 
 #[tokio::test]
 async fn a_solution_used_on_one_replica_is_refused_on_the_other_even_at_once() {
-    let server = Server::start(ALWAYS).await;
-    let replica = server.replica(ALWAYS).await;
+    let server = Server::start(ALWAYS_UNLIMITED).await;
+    let replica = server.replica(ALWAYS_UNLIMITED).await;
     let (first, second) = (server.channel().await, replica.channel().await);
 
     // Issued by one replica, accepted by the other (they share the key), then refused by both.

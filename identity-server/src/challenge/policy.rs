@@ -34,6 +34,16 @@ impl IpPressure {
     }
 }
 
+/// The limiter's word on the client IP: how much of its burst for this action is in use, or
+/// nothing when limits are off or the action has no per-IP limit.
+impl From<Option<crate::abuse::Usage>> for IpPressure {
+    fn from(usage: Option<crate::abuse::Usage>) -> Self {
+        usage.map_or(Self::Unknown, |usage| {
+            Self::of_burst(usage.used, usage.burst)
+        })
+    }
+}
+
 impl Policy {
     /// Whether a call under `pressure` must carry a solved challenge; `soft_threshold_percent`
     /// is where [`Policy::Adaptive`] starts asking.

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 use self::serve_args::ServeArgs;
 use crate::{
+    abuse,
     clock::SystemClock,
     db,
     startup::{self, Application},
@@ -158,6 +159,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         argon2.m_kib = settings.hashing.params.m_cost(),
         argon2.t = settings.hashing.params.t_cost(),
         argon2.p = settings.hashing.params.p_cost(),
+        rate_limits = settings
+            .abuse
+            .limits
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), abuse::Limits::describe),
+        trusted_proxies = settings.abuse.identity.trusted_proxies.len(),
         "starting"
     );
     let app = Application::build(settings, Arc::new(SystemClock)).await?;

@@ -8,6 +8,7 @@ use http::HeaderValue;
 use secrecy::SecretString;
 
 use super::{DatabaseArgs, parse_secret};
+use crate::abuse::{ForwardedHeader, client::Cidr};
 use crate::challenge::{Policy, Settings as ChallengeSettings};
 
 #[derive(Debug, Args)]
@@ -224,6 +225,31 @@ pub(super) struct ServeArgs {
     /// Seconds dead letters (outbox_dead) are kept.
     #[arg(long, env = "IDENTITY_DEAD_LETTER_RETENTION_SECS", default_value_t = 30 * 24 * 60 * 60)]
     pub(super) dead_letter_retention_secs: i64,
+
+    /// Rate limits on or off. Off only for benchmarks and deployments whose every caller is
+    /// trusted: nothing then limits sign-ups, logins or emails per client.
+    #[arg(long, env = "IDENTITY_RATE_LIMITING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(super) rate_limiting: bool,
+
+    /// Overrides of the default rate limits (see the README's table), comma-separated:
+    /// `action.scope=N/PERIOD+BURST` or `action.scope=off`, e.g.
+    /// `register.ip=20/1h+5,login.address=off`; `action=...` sets both scopes.
+    #[arg(long, env = "IDENTITY_RATE_LIMITS", default_value = "")]
+    pub(super) rate_limits: String,
+
+    /// Networks of the proxies (BFF, ingress) whose forwarded client address is believed,
+    /// comma-separated CIDRs, e.g. 10.0.0.0/8,fd00::/8. Empty: the socket peer is the client.
+    #[arg(long, env = "IDENTITY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub(super) trusted_proxies: Vec<Cidr>,
+
+    /// The header trusted proxies append the client's address to.
+    #[arg(
+        long,
+        env = "IDENTITY_CLIENT_IP_HEADER",
+        value_enum,
+        default_value = "x-forwarded-for"
+    )]
+    pub(super) client_ip_header: ForwardedHeader,
 
     /// Milliseconds between two readiness checks of the database (health service `readiness`).
     #[arg(long, env = "IDENTITY_READINESS_INTERVAL_MS", default_value_t = 5000)]

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use super::serve_args::{MAX_ACTIVATION_DELAY_SECS, MAX_REFRESH_REUSE_GRACE_SECS, ServeArgs};
 use crate::{
+    abuse::{self, ClientIdentity, Limits, TrustedProxies},
     challenge::{self, ChallengeKey, Policy},
     db,
     domain::{CodeKey, EmailBudget},
@@ -120,6 +121,8 @@ impl ServeArgs {
             activation_delay: time::Duration::seconds(self.key_activation_delay_secs.cast_signed()),
             reload_interval: Duration::from_secs(self.keys_reload_secs),
         };
+        let limits = Limits::with_overrides(&self.rate_limits)
+            .map_err(|e| anyhow::anyhow!("IDENTITY_RATE_LIMITS: {e}"))?;
         let keys = KeyDirectory::open(&self.keys_dir, rotation, OffsetDateTime::now_utc())?;
         Ok(Settings {
             grpc_addr: self.grpc_addr,
@@ -172,6 +175,13 @@ impl ServeArgs {
                 ),
                 dead_letter_retention: time::Duration::seconds(self.dead_letter_retention_secs),
                 unverified_account_ttl: time::Duration::seconds(self.unverified_account_ttl_secs),
+            },
+            abuse: abuse::Settings {
+                limits: self.rate_limiting.then_some(limits),
+                identity: ClientIdentity {
+                    trusted_proxies: TrustedProxies::new(self.trusted_proxies),
+                    header: self.client_ip_header,
+                },
             },
             readiness_interval: Duration::from_millis(self.readiness_interval_ms),
             shutdown: startup::Shutdown {

@@ -6,6 +6,7 @@ pub mod challenge_solutions;
 pub mod email_budget;
 pub mod outbox;
 pub mod password_reset;
+pub mod rate_limits;
 pub mod retention;
 pub mod retry;
 pub mod schema;

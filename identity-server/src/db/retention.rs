@@ -4,7 +4,7 @@
 //! LOCKED` and deletes them, so any number of janitors (one per replica) run at once, each
 //! deleting rows no other holds, and none waits for a request that holds a row. Each `WHERE`
 //! clause has an index of its own (migrations `..._retention_and_code_cap`,
-//! `..._challenge_solutions`, `..._pending_registrations`).
+//! `..._rate_limits`, `..._challenge_solutions`, `..._pending_registrations`).
 
 use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -37,6 +37,9 @@ pub enum Due {
     ChallengeSolutions { expired_before: OffsetDateTime },
     /// Email budget ledger rows of sends made before the cutoff.
     EmailSends { sent_before: OffsetDateTime },
+    /// Rate-limit rows whose theoretical arrival time has passed: they hold no state (a key
+    /// without a row behaves the same).
+    SpentRateLimits { tat_before: OffsetDateTime },
 }
 
 /// Deletes at most `limit` due rows of one kind; returns how many it deleted.
@@ -119,6 +122,15 @@ pub async fn delete_batch(
                 WHERE sent_at <= $1
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             sent_before,
+        ),
+        // A call racing with this delete either locked the row first (SKIP LOCKED leaves it)
+        // or finds no row and inserts a fresh one, which is what the deleted row meant.
+        Due::SpentRateLimits { tat_before } => (
+            "DELETE FROM rate_limits WHERE key IN (
+                SELECT key FROM rate_limits
+                WHERE tat <= $1
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            tat_before,
         ),
     };
     let query = diesel::sql_query(sql)

@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
+    abuse::AdmitError,
     challenge::ChallengeError,
     db::StoreError,
     domain::Invalid,
@@ -93,6 +94,35 @@ impl From<StoreError> for Status {
                 )
             }
             other @ (StoreError::Query(_) | StoreError::Unexpected(_)) => unexpected(&other),
+        }
+    }
+}
+
+impl From<AdmitError> for Status {
+    /// RESOURCE_EXHAUSTED, reason RATE_LIMITED, with the limit's action and scope (`ip` or
+    /// `address`, never the address itself) in the ErrorInfo metadata and the wait in RetryInfo.
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::RateLimited {
+                action,
+                scope,
+                retry_after,
+            } => {
+                let metadata = HashMap::from([
+                    ("action".to_owned(), action.name().to_owned()),
+                    ("scope".to_owned(), scope.name().to_owned()),
+                ]);
+                let mut details = ErrorDetails::with_error_info("RATE_LIMITED", DOMAIN, metadata);
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "too many {action} calls per {scope}; retry after the delay in RetryInfo"
+                    ),
+                    details,
+                )
+            }
+            AdmitError::Store(e) => e.into(),
         }
     }
 }

@@ -7,7 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
 use crate::{
-    challenge::{Challenges, IpPressure},
+    abuse::{Action, Door},
+    challenge::Challenges,
     domain::{EmailAddress, Invalid, VerificationToken},
     password_reset::PasswordReset,
 };
@@ -16,13 +17,19 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct PasswordResetApi {
     reset: Arc<PasswordReset>,
+    door: Arc<Door>,
     challenges: Arc<Challenges>,
 }
 
 impl PasswordResetApi {
-    /// Serves `reset`; RequestPasswordReset passes `challenges` first.
-    pub fn new(reset: Arc<PasswordReset>, challenges: Arc<Challenges>) -> Self {
-        Self { reset, challenges }
+    /// Serves `reset`, admitting calls through `door`; RequestPasswordReset then passes
+    /// `challenges`.
+    pub fn new(reset: Arc<PasswordReset>, door: Arc<Door>, challenges: Arc<Challenges>) -> Self {
+        Self {
+            reset,
+            door,
+            challenges,
+        }
     }
 }
 
@@ -37,9 +44,13 @@ impl PasswordResetService for PasswordResetApi {
         else {
             return Err(violations.into());
         };
-        // TODO(issue 8, integration): the rate limiter's admission instead of Unknown.
+        let client = self.door.client_of(&request);
+        let admission = self
+            .door
+            .admit(client, Action::RequestPasswordReset, Some(&email))
+            .await?;
         (self.challenges)
-            .check(&request.get_ref().altcha, IpPressure::Unknown)
+            .check(&request.get_ref().altcha, admission.ip_usage().into())
             .await?;
         self.reset.request(email).await?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
@@ -49,6 +60,7 @@ impl PasswordResetService for PasswordResetApi {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let client = self.door.client_of(&request);
         let request = request.into_inner();
         let mut violations = FieldViolations::default();
         let token = violations.check("token", VerificationToken::parse(&request.token));
@@ -58,6 +70,7 @@ impl PasswordResetService for PasswordResetApi {
         let Some(token) = token.filter(|_| violations.is_empty()) else {
             return Err(violations.into());
         };
+        self.door.admit(client, Action::ResetPassword, None).await?;
         self.reset.reset(token, &request.new_password).await?;
         Ok(Response::new(pb::ResetPasswordResponse {}))
     }

@@ -7,7 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
 use crate::{
-    challenge::{Challenges, IpPressure},
+    abuse::{Action, Door},
+    challenge::Challenges,
     domain::{
         DisplayName, EmailAddress, Invalid, Locale, Password, VerificationCode, VerificationToken,
     },
@@ -18,14 +19,21 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RegistrationApi {
     registration: Arc<Registration>,
+    door: Arc<Door>,
     challenges: Arc<Challenges>,
 }
 
 impl RegistrationApi {
-    /// Serves `registration`; Register and ResendVerificationEmail pass `challenges` first.
-    pub fn new(registration: Arc<Registration>, challenges: Arc<Challenges>) -> Self {
+    /// Serves `registration`, admitting calls through `door`; Register and
+    /// ResendVerificationEmail then pass `challenges`.
+    pub fn new(
+        registration: Arc<Registration>,
+        door: Arc<Door>,
+        challenges: Arc<Challenges>,
+    ) -> Self {
         Self {
             registration,
+            door,
             challenges,
         }
     }
@@ -94,12 +102,17 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let client = self.door.client_of(&request);
         let mut request = request.into_inner();
         let altcha = std::mem::take(&mut request.altcha);
         let input = NewRegistration::try_from(request)?;
-        // TODO(issue 8, integration): the rate limiter's admission for this client IP, as
-        // IpPressure::of_burst, instead of Unknown (the adaptive policy needs it).
-        self.challenges.check(&altcha, IpPressure::Unknown).await?;
+        let admission = self
+            .door
+            .admit(client, Action::Register, Some(&input.email))
+            .await?;
+        self.challenges
+            .check(&altcha, admission.ip_usage().into())
+            .await?;
         let user_id = self.registration.register(input).await?;
         Ok(Response::new(pb::RegisterResponse {
             user_id: user_id.to_string(),
@@ -111,7 +124,16 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let client = self.door.client_of(&request);
         let proof = Proof::try_from(request.into_inner())?;
+        // Only the code names an address: guessing codes is what the per-address limit stops.
+        let address = match &proof {
+            Proof::EmailCode { email, .. } => Some(email),
+            Proof::Token(_) => None,
+        };
+        self.door
+            .admit(client, Action::VerifyEmail, address)
+            .await?;
         let user_id = self.registration.verify_email(proof).await?;
         Ok(Response::new(pb::VerifyEmailResponse {
             user_id: user_id.to_string(),
@@ -128,9 +150,13 @@ impl RegistrationService for RegistrationApi {
         else {
             return Err(violations.into());
         };
-        // TODO(issue 8, integration): the rate limiter's admission instead of Unknown.
+        let client = self.door.client_of(&request);
+        let admission = self
+            .door
+            .admit(client, Action::ResendVerificationEmail, Some(&email))
+            .await?;
         (self.challenges)
-            .check(&request.get_ref().altcha, IpPressure::Unknown)
+            .check(&request.get_ref().altcha, admission.ip_usage().into())
             .await?;
         self.registration.resend_verification_email(email).await?;
         Ok(Response::new(pb::ResendVerificationEmailResponse {}))

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
 use crate::{
+    abuse::{Action, Door},
     domain::{EmailAddress, Invalid, RefreshToken},
     sessions::{Issued, Sessions},
 };
@@ -15,12 +16,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct SessionApi {
     sessions: Arc<Sessions>,
+    door: Arc<Door>,
 }
 
 impl SessionApi {
-    /// Serves `sessions`.
-    pub fn new(sessions: Arc<Sessions>) -> Self {
-        Self { sessions }
+    /// Serves `sessions`, admitting calls through `door`.
+    pub fn new(sessions: Arc<Sessions>, door: Arc<Door>) -> Self {
+        Self { sessions, door }
     }
 }
 
@@ -47,6 +49,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = self.door.client_of(&request);
         let request = request.into_inner();
         let mut violations = FieldViolations::default();
         let email = violations.check("email", EmailAddress::parse(&request.email));
@@ -59,6 +62,7 @@ impl SessionService for SessionApi {
         let Some(email) = email.filter(|_| violations.is_empty()) else {
             return Err(violations.into());
         };
+        self.door.admit(client, Action::Login, Some(&email)).await?;
         let issued = self
             .sessions
             .login(email, SecretString::from(request.password))
@@ -84,6 +88,10 @@ impl SessionService for SessionApi {
         request: Request<pb::RefreshSessionRequest>,
     ) -> Result<Response<pb::RefreshSessionResponse>, Status> {
         let presented = refresh_token(&request.get_ref().refresh_token)?;
+        let client = self.door.client_of(&request);
+        self.door
+            .admit(client, Action::RefreshSession, None)
+            .await?;
         let issued = self.sessions.refresh(presented).await?;
         Ok(Response::new(pb::RefreshSessionResponse {
             user_id: issued.user_id.to_string(),

@@ -31,6 +31,12 @@ use tonic_types::StatusExt;
 /// A valid password that no policy objects to.
 pub const PASSWORD: &str = "tangerine-kettle-orbit-42";
 
+/// Turns the rate limits off, for a test that makes many calls from one client (127.0.0.1)
+/// about something else; `door.rs` tests the limits.
+pub fn without_rate_limits(settings: &mut Settings) {
+    settings.abuse.limits = None;
+}
+
 /// A server running in this process.
 pub struct TestApp {
     pub db: TestDb,
@@ -88,6 +94,7 @@ impl TestApp {
             challenge: identity_server::challenge::Settings::off(),
             cors_allowed_origins: Vec::new(),
             janitor: identity_server::janitor::Settings::default(),
+            abuse: identity_server::abuse::Settings::default(),
             readiness_interval: Duration::from_secs(5),
             shutdown: identity_server::startup::Shutdown {
                 drain_delay: Duration::ZERO,

@@ -1,0 +1,269 @@
+//! limitbench: the cost of the rate limiter. Two identity-servers on one database, one with
+//! limits off and one with limits raised so that every call is decided against PostgreSQL and
+//! passes; Register and RefreshSession throughput on each, in alternating rounds of one run, so
+//! drift of the shared machine hits both alike.
+//!
+//! `scripts/bench limits` starts both servers and runs this; see `--help` for running it against
+//! servers of your own.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Parser;
+use diesel::{QueryableByName, sql_types::Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use identity_proto::identity::v1::{
+    self as pb, registration_service_client::RegistrationServiceClient,
+    session_service_client::SessionServiceClient,
+};
+use identity_tests::load::{Tally, gather};
+use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
+
+const PASSWORD: &str = "tangerine-kettle-orbit-42";
+
+/// Register and RefreshSession throughput with the rate limiter off and on, in one run.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The server with IDENTITY_RATE_LIMITING=false.
+    #[arg(long, default_value = "http://127.0.0.1:50151")]
+    off: String,
+    /// The server with limits raised so every call passes (and is decided in PostgreSQL).
+    #[arg(long, default_value = "http://127.0.0.1:50152")]
+    on: String,
+    /// The servers' (shared) database, to read verification tokens during set-up.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Rounds; each runs every phase once on each server, the order alternating.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent Register callers (default: 4 per core).
+    #[arg(long)]
+    register_callers: Option<usize>,
+    /// Concurrent RefreshSession callers, each rotating its own session.
+    #[arg(long, default_value_t = 16)]
+    refresh_callers: usize,
+}
+
+#[derive(QueryableByName)]
+struct Token {
+    #[diesel(sql_type = Text)]
+    token: String,
+}
+
+static NEXT_ADDRESS: AtomicU64 = AtomicU64::new(0);
+
+fn next_address(run: &str) -> String {
+    let n = NEXT_ADDRESS.fetch_add(1, Ordering::Relaxed);
+    format!("lb-{run}-{n}@limitbench.example.com")
+}
+
+fn register_request(email: String) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        email,
+        password: PASSWORD.into(),
+        display_name: "Limit Bench".into(),
+        locale: "en".into(),
+        ..Default::default()
+    }
+}
+
+fn record<T>(tally: &mut Tally, started: Instant, result: &Result<T, tonic::Status>) {
+    match result {
+        Ok(_) => tally
+            .latencies_us
+            .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        Err(status) if status.code() == Code::ResourceExhausted => tally.exhausted += 1,
+        Err(status) => {
+            if tally.other_errors == 0 {
+                eprintln!(
+                    "unexpected error: {:?}: {}",
+                    status.code(),
+                    status.message()
+                );
+            }
+            tally.other_errors += 1;
+        }
+    }
+}
+
+/// An active account (registered through `channel`, verified with the token from the outbox).
+async fn active_user(
+    channel: &Channel,
+    db: &mut AsyncPgConnection,
+    run: &str,
+) -> anyhow::Result<String> {
+    let mut registration = RegistrationServiceClient::new(channel.clone());
+    let email = next_address(run);
+    registration
+        .register(register_request(email.clone()))
+        .await
+        .context("registering")?;
+    let token: Token = diesel::sql_query(
+        "SELECT payload->>'token' AS token FROM outbox WHERE payload->>'recipient' = $1",
+    )
+    .bind::<Text, _>(&email)
+    .get_result(db)
+    .await
+    .context("reading the verification token")?;
+    registration
+        .verify_email(pb::VerifyEmailRequest {
+            proof: Some(pb::verify_email_request::Proof::Token(token.token)),
+        })
+        .await
+        .context("verifying")?;
+    Ok(email)
+}
+
+/// Register with distinct addresses from `callers` closed-loop callers for `run_for`.
+async fn register_phase(channel: &Channel, run: &str, callers: usize, run_for: Duration) -> Tally {
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..callers {
+        let mut client = RegistrationServiceClient::new(channel.clone());
+        let run = run.to_owned();
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            while started.elapsed() < run_for {
+                let call = Instant::now();
+                let result = client.register(register_request(next_address(&run))).await;
+                record(&mut tally, call, &result);
+            }
+            tally
+        });
+    }
+    gather(tasks, started).await
+}
+
+/// RefreshSession from one fresh session per caller (logged in before the clock starts).
+async fn refresh_phase(
+    channel: &Channel,
+    emails: &[String],
+    callers: usize,
+    run_for: Duration,
+) -> anyhow::Result<Tally> {
+    let mut sessions = Vec::new();
+    for caller in 0..callers {
+        let mut client = SessionServiceClient::new(channel.clone());
+        let token = client
+            .login(pb::LoginRequest {
+                email: emails[caller % emails.len()].clone(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .context("logging in before the refresh phase")?
+            .into_inner()
+            .refresh_token;
+        sessions.push((client, token));
+    }
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (mut client, mut token) in sessions {
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            while started.elapsed() < run_for {
+                let call = Instant::now();
+                let result = client
+                    .refresh_session(pb::RefreshSessionRequest {
+                        refresh_token: token.clone(),
+                    })
+                    .await;
+                record(&mut tally, call, &result);
+                match result {
+                    Ok(response) => token = response.into_inner().refresh_token,
+                    Err(_) => break,
+                }
+            }
+            tally
+        });
+    }
+    Ok(gather(tasks, started).await)
+}
+
+/// Calls and seconds summed over rounds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sum {
+    calls: usize,
+    seconds: f64,
+    refused: u64,
+    errors: u64,
+}
+
+impl Sum {
+    fn add(&mut self, tally: &Tally) {
+        self.calls += tally.ok();
+        self.seconds += tally.elapsed.as_secs_f64();
+        self.refused += tally.exhausted;
+        self.errors += tally.other_errors;
+    }
+
+    fn per_second(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let register_callers = args.register_callers.unwrap_or(4 * cores);
+    let run_for = Duration::from_secs(args.seconds);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let servers = [
+        (
+            "off",
+            Channel::from_shared(args.off.clone())?.connect().await?,
+        ),
+        (
+            "on",
+            Channel::from_shared(args.on.clone())?.connect().await?,
+        ),
+    ];
+    let mut db = AsyncPgConnection::establish(&args.database_url).await?;
+    let mut emails = Vec::new();
+    for _ in 0..args.refresh_callers {
+        emails.push(active_user(&servers[0].1, &mut db, &run).await?);
+    }
+
+    // [server][0: Register, 1: RefreshSession]
+    let mut sums = [[Sum::default(); 2]; 2];
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (name, channel) = &servers[which];
+            let mut register = register_phase(channel, &run, register_callers, run_for).await;
+            let mut refresh =
+                refresh_phase(channel, &emails, args.refresh_callers, run_for).await?;
+            println!(
+                "round {round}, limits {name}: register {}",
+                register.summary()
+            );
+            println!(
+                "round {round}, limits {name}: refresh  {}",
+                refresh.summary()
+            );
+            sums[which][0].add(&register);
+            sums[which][1].add(&refresh);
+        }
+    }
+    for (rpc, i) in [("Register", 0), ("RefreshSession", 1)] {
+        let (off, on) = (sums[0][i], sums[1][i]);
+        println!(
+            "{rpc}: limits off {:.1}/s, on {:.1}/s: cost {:.1}% (goal: under 3%); refused off/on {}/{}, other errors {}/{}",
+            off.per_second(),
+            on.per_second(),
+            (1.0 - on.per_second() / off.per_second()) * 100.0,
+            off.refused,
+            on.refused,
+            off.errors,
+            on.errors
+        );
+    }
+    Ok(())
+}
