@@ -478,3 +478,38 @@ async fn solve_times_at_the_default_difficulty() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_adaptive_policy_asks_a_client_for_a_solution_once_it_passes_the_soft_threshold() {
+    // The default policy (adaptive, soft threshold 50 %) over a Register limit with a burst of 6:
+    // a client's first two calls of a burst use 1/6 and 2/6, below the threshold; its third uses
+    // 3/6 and must carry a solution. Another client's pressure is its own.
+    let server = Server::start(&[("IDENTITY_RATE_LIMITS", "register.ip=6/1h")]).await;
+    let busy = server.channel_from("127.0.0.2".parse().expect("IP")).await;
+    let quiet = server.channel_from("127.0.0.3".parse().expect("IP")).await;
+
+    register(&busy, "a1@example.com", "")
+        .await
+        .expect("the first call needs no solution");
+    register(&busy, "a2@example.com", "")
+        .await
+        .expect("the second call needs no solution");
+    assert_refused(
+        register(&busy, "a3@example.com", "").await,
+        "CHALLENGE_REQUIRED",
+    );
+    let (challenge, number) = solved(&busy).await;
+    register(
+        &busy,
+        "a3@example.com",
+        &altcha::payload(&challenge, number),
+    )
+    .await
+    .expect("past the soft threshold, a solved challenge lets the call through");
+    register(&quiet, "b1@example.com", "")
+        .await
+        .expect("another client is below its own threshold");
+
+    assert_eq!(server.emails_to("a1@example.com").await.len(), 1);
+    assert_eq!(server.emails_to("a3@example.com").await.len(), 1);
+}
