@@ -1,10 +1,14 @@
-//! Measuring helpers shared by the load generators: a tally of outcomes and latencies, and the
-//! Argon2 bound of the machine (the most password hashes per second it can do).
+//! Measuring helpers shared by the load generators: a tally of outcomes and latencies, the
+//! refresh loop, and the Argon2 bound of the machine (the most password hashes per second it
+//! can do).
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use identity_proto::identity::v1::{self as pb, session_service_client::SessionServiceClient};
 use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
 
 /// What one phase saw.
 #[derive(Debug, Default)]
@@ -99,6 +103,27 @@ pub fn argon2_bound(params: &Params, cores: usize) -> (Duration, f64) {
     (one, total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Counts one call's outcome: its latency if it succeeded, RESOURCE_EXHAUSTED apart, and any
+/// other error (the first one is printed).
+pub fn record<T>(tally: &mut Tally, started: Instant, result: &Result<T, tonic::Status>) {
+    match result {
+        Ok(_) => tally
+            .latencies_us
+            .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        Err(status) if status.code() == Code::ResourceExhausted => tally.exhausted += 1,
+        Err(status) => {
+            if tally.other_errors == 0 {
+                eprintln!(
+                    "first unexpected error: {:?}: {}",
+                    status.code(),
+                    status.message()
+                );
+            }
+            tally.other_errors += 1;
+        }
+    }
+}
+
 /// Waits for every caller and adds up what they saw; `started` is when the phase began.
 pub async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
     let mut total = Tally::default();
@@ -107,4 +132,51 @@ pub async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
     }
     total.elapsed = started.elapsed();
     total
+}
+
+/// Logs `callers` sessions in (round-robin over `emails`, all with `password`), then has each
+/// refresh its session in a loop for `run_for`, rotating its token on every answer.
+pub async fn refresh_phase(
+    channel: &Channel,
+    emails: &[String],
+    password: &str,
+    callers: usize,
+    run_for: Duration,
+) -> anyhow::Result<Tally> {
+    let mut sessions = Vec::new();
+    for caller in 0..callers {
+        let mut client = SessionServiceClient::new(channel.clone());
+        let token = client
+            .login(pb::LoginRequest {
+                email: emails[caller % emails.len()].clone(),
+                password: password.into(),
+            })
+            .await
+            .context("logging in before the refresh phase")?
+            .into_inner()
+            .refresh_token;
+        sessions.push((client, token));
+    }
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (mut client, mut token) in sessions {
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            while started.elapsed() < run_for {
+                let call = Instant::now();
+                let result = client
+                    .refresh_session(pb::RefreshSessionRequest {
+                        refresh_token: token.clone(),
+                    })
+                    .await;
+                record(&mut tally, call, &result);
+                match result {
+                    Ok(response) => token = response.into_inner().refresh_token,
+                    Err(_) => break,
+                }
+            }
+            tally
+        });
+    }
+    Ok(gather(tasks, started).await)
 }

@@ -189,3 +189,12 @@ pub async fn channel_from(addr: &str, source: Option<IpAddr>) -> Channel {
         .await
         .expect("the server accepts connections")
 }
+
+/// The `google.rpc.ErrorInfo` reason of an error status, or "" without one.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
+}

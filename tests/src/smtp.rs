@@ -430,6 +430,27 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
+/// The decoded text/plain part of a received message (`Received::data`).
+pub fn text_part(data: &str) -> String {
+    let parsed = mailparse::parse_mail(data.as_bytes()).expect("a MIME message");
+    parsed
+        .subparts
+        .iter()
+        .find(|part| part.ctype.mimetype == "text/plain")
+        .expect("a text part")
+        .get_body()
+        .expect("decodable")
+}
+
+/// The 43-character token right after `prefix` (a link's base URL) in `text`.
+pub fn token_after(text: &str, prefix: &str) -> String {
+    text.split(prefix)
+        .nth(1)
+        .and_then(|rest| rest.get(..43))
+        .unwrap_or_else(|| panic!("no {prefix} link in:\n{text}"))
+        .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::percent_encode;

@@ -11,10 +11,9 @@ use identity_proto::identity::v1::{
 };
 use identity_tests::{
     altcha, process,
-    server::{CHALLENGE_KEY, Server, register_request},
+    server::{CHALLENGE_KEY, Server, reason, register_request},
 };
 use tonic::{Code, Status, transport::Channel};
-use tonic_types::StatusExt;
 
 const ALWAYS: &[(&str, &str)] = &[("IDENTITY_CHALLENGE_POLICY", "always")];
 /// The policy `always` without rate limits, for tests that make many calls from one client
@@ -23,13 +22,6 @@ const ALWAYS_UNLIMITED: &[(&str, &str)] = &[
     ("IDENTITY_CHALLENGE_POLICY", "always"),
     ("IDENTITY_RATE_LIMITING", "false"),
 ];
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
 
 #[track_caller]
 fn assert_refused(result: Result<(), Status>, expected_reason: &str) {

@@ -6,40 +6,15 @@ use identity_proto::identity::v1::{
     self as pb, password_reset_service_client::PasswordResetServiceClient,
     session_service_client::SessionServiceClient,
 };
-use identity_tests::{relay, server::Server, smtp::SmtpServer};
+use identity_tests::{
+    relay,
+    server::{Server, reason},
+    smtp::{SmtpServer, text_part, token_after},
+};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 const WAIT: Duration = Duration::from_secs(60);
 const NEW_PASSWORD: &str = "marmalade-lantern-quartz-9";
-
-/// The decoded text part of an email.
-fn text_of(data: &str) -> String {
-    let parsed = mailparse::parse_mail(data.as_bytes()).expect("a MIME message");
-    parsed
-        .subparts
-        .iter()
-        .find(|part| part.ctype.mimetype == "text/plain")
-        .expect("a text part")
-        .get_body()
-        .expect("decodable")
-}
-
-/// The 43-character token after `prefix` in `text`.
-fn token_after(text: &str, prefix: &str) -> String {
-    text.split(prefix)
-        .nth(1)
-        .and_then(|rest| rest.get(..43))
-        .unwrap_or_else(|| panic!("no {prefix} link in:\n{text}"))
-        .to_owned()
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice() {
@@ -62,7 +37,7 @@ async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice(
         .expect("registers");
     let verification = smtp.wait_for_message_to("ada@example.com", WAIT).await;
     let token = token_after(
-        &text_of(&verification.data),
+        &text_part(&verification.data),
         "https://app.example.com/verify?token=",
     );
     registration
@@ -104,7 +79,7 @@ async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice(
     let reset_mail = mails.last().expect("the reset email");
     assert!(reset_mail.is_for("ada@example.com"));
     let reset_token = token_after(
-        &text_of(&reset_mail.data),
+        &text_part(&reset_mail.data),
         "https://app.example.com/reset?token=",
     );
     resets
@@ -140,7 +115,7 @@ async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice(
     let mails = smtp.wait_for_messages(3, WAIT).await;
     let notice = mails.last().expect("the notice");
     assert!(notice.is_for("ada@example.com"));
-    let notice_text = text_of(&notice.data);
+    let notice_text = text_part(&notice.data);
     assert!(!notice_text.contains(&reset_token), "{notice_text}");
 
     // The relay claims in queue order: an email to the unknown address, had one been queued

@@ -8,10 +8,13 @@ use identity_proto::identity::v1::{
     self as pb, registration_service_client::RegistrationServiceClient,
     session_service_client::SessionServiceClient,
 };
-use identity_tests::{outbox, relay, server::Server, smtp::SmtpServer};
+use identity_tests::{
+    outbox, relay,
+    server::{Server, reason},
+    smtp::{SmtpServer, text_part, token_after},
+};
 use prost::Message;
 use tonic::{Code, transport::Channel};
-use tonic_types::StatusExt;
 
 const WAIT: Duration = Duration::from_secs(60);
 const VERIFY_URL: &str = "https://app.example.com/verify?token=";
@@ -35,33 +38,9 @@ fn request(email: &str, password: &str) -> pb::RegisterRequest {
     }
 }
 
-/// The decoded text part of an email.
-fn text_of(data: &str) -> String {
-    let parsed = mailparse::parse_mail(data.as_bytes()).expect("a MIME message");
-    parsed
-        .subparts
-        .iter()
-        .find(|part| part.ctype.mimetype == "text/plain")
-        .expect("a text part")
-        .get_body()
-        .expect("decodable")
-}
-
 /// The 43-character verification token in an email.
 fn token_in(data: &str) -> String {
-    let text = text_of(data);
-    text.split(VERIFY_URL)
-        .nth(1)
-        .and_then(|rest| rest.get(..43))
-        .unwrap_or_else(|| panic!("no verification link in:\n{text}"))
-        .to_owned()
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
+    token_after(&text_part(data), VERIFY_URL)
 }
 
 async fn login(channel: &Channel, email: &str, password: &str) -> Result<(), tonic::Status> {

@@ -17,11 +17,10 @@ use diesel::{QueryableByName, sql_types::Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use identity_proto::identity::v1::{
     self as pb, registration_service_client::RegistrationServiceClient,
-    session_service_client::SessionServiceClient,
 };
-use identity_tests::load::{Tally, gather};
+use identity_tests::load::{Tally, gather, record, refresh_phase};
 use tokio::task::JoinSet;
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 
 const PASSWORD: &str = "tangerine-kettle-orbit-42";
 
@@ -74,25 +73,6 @@ fn register_request(email: String) -> pb::RegisterRequest {
     }
 }
 
-fn record<T>(tally: &mut Tally, started: Instant, result: &Result<T, tonic::Status>) {
-    match result {
-        Ok(_) => tally
-            .latencies_us
-            .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
-        Err(status) if status.code() == Code::ResourceExhausted => tally.exhausted += 1,
-        Err(status) => {
-            if tally.other_errors == 0 {
-                eprintln!(
-                    "unexpected error: {:?}: {}",
-                    status.code(),
-                    status.message()
-                );
-            }
-            tally.other_errors += 1;
-        }
-    }
-}
-
 /// An active account (registered through `channel`, verified with the token from the outbox).
 async fn active_user(
     channel: &Channel,
@@ -139,51 +119,6 @@ async fn register_phase(channel: &Channel, run: &str, callers: usize, run_for: D
         });
     }
     gather(tasks, started).await
-}
-
-/// RefreshSession from one fresh session per caller (logged in before the clock starts).
-async fn refresh_phase(
-    channel: &Channel,
-    emails: &[String],
-    callers: usize,
-    run_for: Duration,
-) -> anyhow::Result<Tally> {
-    let mut sessions = Vec::new();
-    for caller in 0..callers {
-        let mut client = SessionServiceClient::new(channel.clone());
-        let token = client
-            .login(pb::LoginRequest {
-                email: emails[caller % emails.len()].clone(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .context("logging in before the refresh phase")?
-            .into_inner()
-            .refresh_token;
-        sessions.push((client, token));
-    }
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (mut client, mut token) in sessions {
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            while started.elapsed() < run_for {
-                let call = Instant::now();
-                let result = client
-                    .refresh_session(pb::RefreshSessionRequest {
-                        refresh_token: token.clone(),
-                    })
-                    .await;
-                record(&mut tally, call, &result);
-                match result {
-                    Ok(response) => token = response.into_inner().refresh_token,
-                    Err(_) => break,
-                }
-            }
-            tally
-        });
-    }
-    Ok(gather(tasks, started).await)
 }
 
 /// Calls and seconds summed over rounds.
@@ -239,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
             let (name, channel) = &servers[which];
             let mut register = register_phase(channel, &run, register_callers, run_for).await;
             let mut refresh =
-                refresh_phase(channel, &emails, args.refresh_callers, run_for).await?;
+                refresh_phase(channel, &emails, PASSWORD, args.refresh_callers, run_for).await?;
             println!(
                 "round {round}, limits {name}: register {}",
                 register.summary()

@@ -19,9 +19,9 @@ use identity_proto::identity::v1::{
     self as pb, registration_service_client::RegistrationServiceClient,
     session_service_client::SessionServiceClient,
 };
-use identity_tests::load::{Tally, argon2_bound, gather};
+use identity_tests::load::{Tally, argon2_bound, gather, record, refresh_phase};
 use tokio::task::JoinSet;
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 
 const PASSWORD: &str = "tangerine-kettle-orbit-42";
 
@@ -96,25 +96,6 @@ async fn active_users(
     Ok(emails)
 }
 
-fn record<T>(tally: &mut Tally, started: Instant, result: &Result<T, tonic::Status>) {
-    match result {
-        Ok(_) => tally
-            .latencies_us
-            .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
-        Err(status) if status.code() == Code::ResourceExhausted => tally.exhausted += 1,
-        Err(status) => {
-            if tally.other_errors == 0 {
-                eprintln!(
-                    "first unexpected error: {:?}: {}",
-                    status.code(),
-                    status.message()
-                );
-            }
-            tally.other_errors += 1;
-        }
-    }
-}
-
 async fn login_phase(
     channel: &Channel,
     emails: &Arc<Vec<String>>,
@@ -145,49 +126,6 @@ async fn login_phase(
     gather(tasks, started).await
 }
 
-async fn refresh_phase(
-    channel: &Channel,
-    emails: &Arc<Vec<String>>,
-    callers: usize,
-    run_for: Duration,
-) -> anyhow::Result<Tally> {
-    let mut clients = Vec::new();
-    for caller in 0..callers {
-        let mut client = SessionServiceClient::new(channel.clone());
-        let session = client
-            .login(pb::LoginRequest {
-                email: emails[caller % emails.len()].clone(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .context("logging in before the refresh phase")?
-            .into_inner();
-        clients.push((client, session.refresh_token));
-    }
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (mut client, mut token) in clients {
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            while started.elapsed() < run_for {
-                let call = Instant::now();
-                let result = client
-                    .refresh_session(pb::RefreshSessionRequest {
-                        refresh_token: token.clone(),
-                    })
-                    .await;
-                record(&mut tally, call, &result);
-                match result {
-                    Ok(response) => token = response.into_inner().refresh_token,
-                    Err(_) => break,
-                }
-            }
-            tally
-        });
-    }
-    Ok(gather(tasks, started).await)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -211,7 +149,8 @@ async fn main() -> anyhow::Result<()> {
         login.per_second() / bound * 100.0
     );
 
-    let mut refresh = refresh_phase(&channel, &emails, args.refresh_callers, run_for).await?;
+    let mut refresh =
+        refresh_phase(&channel, &emails, PASSWORD, args.refresh_callers, run_for).await?;
     println!(
         "refresh, {} callers: {}",
         args.refresh_callers,
