@@ -19,8 +19,8 @@ pub enum Policy {
 /// it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpPressure {
-    /// The limiter said nothing (not wired, or limits off): taken as below any threshold, so a
-    /// missing limiter never locks ordinary users out behind a challenge.
+    /// The limiter said nothing (limits off, or no per-IP limit for the call): taken as below any
+    /// threshold, so turning limits off never locks ordinary users out behind a challenge.
     Unknown,
     /// The share of the burst used, in percent (0 = untouched, 100 = at the hard limit).
     UsedPercent(u8),
