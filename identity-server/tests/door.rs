@@ -247,3 +247,39 @@ async fn replicas_charging_in_batches_never_admit_more_than_the_burst_together()
     assert!(admitted <= 200, "{admitted} admitted");
     assert!(admitted > 150, "{admitted} admitted");
 }
+
+#[tokio::test]
+async fn concurrent_calls_on_one_replica_share_one_batch() {
+    use diesel::{QueryableByName, sql_types::Timestamptz};
+    use diesel_async::RunQueryDsl;
+    use identity_server::clock::Clock;
+
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Timestamptz)]
+        tat: time::OffsetDateTime,
+    }
+
+    let app = TestApp::spawn().await;
+    // Burst 3200: batches of 16 cells, one cell every 1.125 s.
+    let door = Arc::new(door(&app, "refresh_session.ip=3200/1h"));
+    let ip = client("203.0.113.9");
+    let now = app.clock.now();
+
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let door = Arc::clone(&door);
+            tokio::spawn(async move { door.admit(ip, Action::RefreshSession, None).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("joins").expect("admitted");
+    }
+
+    // 16 calls arriving together are served by one batch of 16 cells, not a batch each.
+    let row: Row = diesel::sql_query("SELECT tat FROM rate_limits")
+        .get_result(&mut app.db.connect().await)
+        .await
+        .expect("one row");
+    assert_eq!(row.tat - now, Duration::milliseconds(16 * 1125));
+}

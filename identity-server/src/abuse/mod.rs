@@ -152,6 +152,9 @@ pub struct Door {
     refused_until: Mutex<HashMap<String, OffsetDateTime>>,
     /// Spare cells of generous single-key limits.
     leases: Mutex<HashMap<String, Lease>>,
+    /// One refill of a key's spares at a time: calls that find none wait for the refill in
+    /// flight and take its spares, instead of each charging a batch of its own.
+    refills: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Door {
@@ -173,6 +176,7 @@ impl Door {
             identity: settings.identity,
             refused_until: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            refills: Mutex::new(HashMap::new()),
         }
     }
 
@@ -223,6 +227,13 @@ impl Door {
         if let [(scope, rate)] = rates[..] {
             let cells = batch_cells(&rate);
             if cells > 1 {
+                if let Some(tat) = self.take_spare(&keys[0].key, now) {
+                    return Ok(admission(scope, tat - now, &rate));
+                }
+                let refill = self.refill_gate(&keys[0].key);
+                let _refilling = refill.lock().await;
+                // The refill this call waited for may have left spares.
+                let now = whole_micros(self.clock.now());
                 if let Some(tat) = self.take_spare(&keys[0].key, now) {
                     return Ok(admission(scope, tat - now, &rate));
                 }
@@ -289,6 +300,15 @@ impl Door {
         }
         lease.spare -= 1;
         Some(lease.tat)
+    }
+
+    /// The lock that makes refills of `key`'s spares take turns, forgetting idle locks when full.
+    fn refill_gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut refills = self.refills.lock().unwrap_or_else(PoisonError::into_inner);
+        if refills.len() >= MAX_REMEMBERED_REFUSALS {
+            refills.retain(|_, gate| Arc::strong_count(gate) > 1);
+        }
+        Arc::clone(refills.entry(key.to_owned()).or_default())
     }
 
     /// Keeps `spare` cells of `key` until `until`, dropping lapsed leases when full.
