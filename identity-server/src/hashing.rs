@@ -77,6 +77,8 @@ struct Job {
     task: Task,
     reply: oneshot::Sender<anyhow::Result<Outcome>>,
     span: Span,
+    /// When the job entered the queue.
+    queued_at: Instant,
 }
 
 /// Handle to the hashing pool; cheap to clone. Workers stop when the last handle is dropped.
@@ -161,10 +163,12 @@ impl PasswordHasher {
             task,
             reply,
             span: Span::current(),
+            queued_at: Instant::now(),
         };
         match self.jobs.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => metrics::gauge!(crate::metrics::HASH_QUEUE_DEPTH).increment(1),
             Err(mpsc::TrySendError::Full(_)) => {
+                metrics::counter!(crate::metrics::HASH_OVERLOADED).increment(1);
                 return Err(HashError::Overloaded {
                     retry_after: self.retry_after(),
                 });
@@ -194,6 +198,8 @@ fn work(queue: &Mutex<mpsc::Receiver<Job>>, params: &Params, last_hash_micros: &
         // Only the receive happens under the lock; hashing runs in parallel.
         let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = next else { return };
+        metrics::gauge!(crate::metrics::HASH_QUEUE_DEPTH).decrement(1);
+        metrics::histogram!(crate::metrics::HASH_WAIT).record(job.queued_at.elapsed());
         if job.reply.is_closed() {
             continue; // The caller went away (deadline, cancellation): skip the work.
         }
@@ -207,6 +213,12 @@ fn work(queue: &Mutex<mpsc::Receiver<Job>>, params: &Params, last_hash_micros: &
                     .map(Outcome::Verified)
             }
         };
+        let task = match &job.task {
+            Task::Hash => "hash",
+            Task::Verify(_) => "verify",
+        };
+        metrics::histogram!(crate::metrics::HASH_DURATION, "task" => task)
+            .record(started.elapsed());
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         last_hash_micros.store(micros, Ordering::Relaxed);
         let _ = job.reply.send(result);

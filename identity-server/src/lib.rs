@@ -9,6 +9,7 @@
 //! - [`challenge`]: the ALTCHA-compatible proof-of-work challenge that guards the calls that
 //!   send email, and when it is required.
 //! - [`hashing`]: Argon2id on a bounded pool of worker threads.
+//! - [`metrics`]: the Prometheus exporter, the RPC duration layer and the metric names.
 //! - [`janitor`]: deletes expired rows and never-verified accounts on an interval.
 //! - [`db`]: the connection pool, migrations, queries and retried transactions.
 //! - [`tokens`]: the PASETO signing keys and access tokens.
@@ -26,6 +27,7 @@ pub mod grpc;
 pub mod hashing;
 pub mod health;
 pub mod janitor;
+pub mod metrics;
 pub mod password_reset;
 pub mod registration;
 pub mod sessions;

@@ -35,6 +35,7 @@ use crate::{
     hashing::{HashingConfig, PasswordHasher},
     health::Health,
     janitor::{self, Janitor},
+    metrics::{self, RpcMetricsLayer},
     password_reset::{self, PasswordReset},
     registration::{self, Registration},
     sessions::{self, Sessions},
@@ -66,6 +67,8 @@ impl Default for Shutdown {
 pub struct Settings {
     /// Where to listen; port 0 picks a free port (see [`Application::local_addr`]).
     pub grpc_addr: SocketAddr,
+    /// Where to serve Prometheus metrics; `None` serves none.
+    pub metrics_addr: Option<SocketAddr>,
     pub database: db::PoolConfig,
     pub hashing: HashingConfig,
     pub code_key: CodeKey,
@@ -150,6 +153,9 @@ impl Application {
         )?);
         let janitor = Janitor::new(pool.clone(), Arc::clone(&clock), settings.janitor);
         let door = Arc::new(Door::new(pool.clone(), Arc::clone(&clock), settings.abuse));
+        if let Some(addr) = settings.metrics_addr {
+            metrics::install(addr)?;
+        }
         let listener = TcpListener::bind(settings.grpc_addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -254,6 +260,7 @@ impl Application {
                     .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
+            .layer(RpcMetricsLayer)
             .layer(cors(self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)

@@ -20,6 +20,11 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "IDENTITY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub(super) grpc_addr: SocketAddr,
 
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. 0.0.0.0:9464; unset: no
+    /// metrics endpoint.
+    #[arg(long, env = "IDENTITY_METRICS_ADDR")]
+    pub(super) metrics_addr: Option<SocketAddr>,
+
     /// Apply pending migrations before serving.
     #[arg(long)]
     pub(super) migrate: bool,

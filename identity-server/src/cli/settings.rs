@@ -126,6 +126,7 @@ impl ServeArgs {
         let keys = KeyDirectory::open(&self.keys_dir, rotation, OffsetDateTime::now_utc())?;
         Ok(Settings {
             grpc_addr: self.grpc_addr,
+            metrics_addr: self.metrics_addr,
             database: db::PoolConfig {
                 url: self.database.database_url,
                 max_size: self.db_pool_size,

@@ -108,6 +108,13 @@ impl From<AdmitError> for Status {
                 scope,
                 retry_after,
             } => {
+                metrics::counter!(
+                    crate::metrics::REFUSALS,
+                    "reason" => "rate_limited",
+                    "action" => action.name(),
+                    "scope" => scope.name(),
+                )
+                .increment(1);
                 let metadata = HashMap::from([
                     ("action".to_owned(), action.name().to_owned()),
                     ("scope".to_owned(), scope.name().to_owned()),
@@ -282,17 +289,26 @@ impl From<ResetError> for Status {
 
 impl From<ChallengeError> for Status {
     fn from(error: ChallengeError) -> Self {
+        let refused = |reason: &'static str| {
+            metrics::counter!(crate::metrics::REFUSALS, "reason" => reason).increment(1);
+        };
         match error {
-            ChallengeError::Required => status(
-                Code::FailedPrecondition,
-                "CHALLENGE_REQUIRED",
-                "solve a proof-of-work challenge (ChallengeService.CreateChallenge) and send it in the altcha field",
-            ),
-            ChallengeError::Invalid => status(
-                Code::FailedPrecondition,
-                "CHALLENGE_INVALID",
-                "the proof-of-work solution is not valid; solve a new challenge",
-            ),
+            ChallengeError::Required => {
+                refused("challenge_required");
+                status(
+                    Code::FailedPrecondition,
+                    "CHALLENGE_REQUIRED",
+                    "solve a proof-of-work challenge (ChallengeService.CreateChallenge) and send it in the altcha field",
+                )
+            }
+            ChallengeError::Invalid => {
+                refused("challenge_invalid");
+                status(
+                    Code::FailedPrecondition,
+                    "CHALLENGE_INVALID",
+                    "the proof-of-work solution is not valid; solve a new challenge",
+                )
+            }
             ChallengeError::Disabled => status(
                 Code::FailedPrecondition,
                 "CHALLENGE_DISABLED",

@@ -125,6 +125,7 @@ impl Registration {
         if outcome == Outcome::Pending {
             tracing::Span::current().record("user_id", field::display(user_id));
             tracing::info!("user registered; verification email queued");
+            metrics::counter!(crate::metrics::REGISTRATIONS).increment(1);
         } else {
             tracing::info!(?outcome, "registration answered without a new account");
         }

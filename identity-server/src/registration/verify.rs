@@ -88,6 +88,11 @@ impl Registration {
             Ok(user_id) => {
                 tracing::Span::current().record("user_id", field::display(user_id));
                 tracing::info!("email verified; user active");
+                let proof = match &proof {
+                    Proof::Token(_) => "link",
+                    Proof::EmailCode { .. } => "code",
+                };
+                metrics::counter!(crate::metrics::VERIFICATIONS, "proof" => proof).increment(1);
             }
             Err(e) => tracing::info!(outcome = %e, "verification refused"),
         }

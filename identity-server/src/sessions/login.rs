@@ -73,6 +73,8 @@ impl Sessions {
                 Attempt::Allowed { failures } => failures,
                 Attempt::Refused { until, refused } => {
                     tracing::debug!(refused, "login refused: throttled");
+                    metrics::counter!(crate::metrics::LOGINS, "outcome" => "throttled")
+                        .increment(1);
                     let retry_after = StdDuration::try_from(until - now).unwrap_or_default();
                     return Err(LoginError::Throttled { retry_after });
                 }
@@ -88,6 +90,8 @@ impl Sessions {
         let verification = self.hasher.verify(password.expose_secret(), stored).await?;
         let Some(user) = user.filter(|_| verification.matches) else {
             tracing::info!(failures, "login refused: invalid credentials");
+            metrics::counter!(crate::metrics::LOGINS, "outcome" => "invalid_credentials")
+                .increment(1);
             return Err(LoginError::InvalidCredentials);
         };
         tracing::Span::current().record("user_id", field::display(user.id));
@@ -134,6 +138,7 @@ impl Sessions {
             .await?;
         let (access_token, access_expires_at) = self.access_token(user.id, session_id, now)?;
         tracing::info!(session_id = %session_id, "session started");
+        metrics::counter!(crate::metrics::LOGINS, "outcome" => "success").increment(1);
         Ok(Issued {
             user_id: user.id,
             access_token,

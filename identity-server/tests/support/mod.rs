@@ -75,6 +75,7 @@ impl TestApp {
         .expect("the key loads");
         let mut settings = Settings {
             grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
+            metrics_addr: None,
             database: db::PoolConfig {
                 url: SecretString::from(db.url.clone()),
                 max_size: 8,

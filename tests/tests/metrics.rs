@@ -1,0 +1,84 @@
+//! Prometheus metrics of the built server: the exposition on its own port after a sign-up.
+
+use identity_proto::identity::v1 as pb;
+use identity_tests::{pg::free_port, server::Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The body of `GET /metrics` at `addr`.
+async fn scrape(addr: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the metrics port accepts connections");
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("reads");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample whose line starts with `series` (name and labels as exposed).
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn a_sign_up_shows_in_the_rpc_histogram_the_registration_counter_and_the_hashing_metrics() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let server = Server::start(&[("IDENTITY_METRICS_ADDR", metrics_addr.as_str())]).await;
+    server.register("ada@example.com").await;
+    let refused = server
+        .registration()
+        .await
+        .register(pb::RegisterRequest {
+            email: "not an address".into(),
+            ..identity_tests::server::register_request("x@example.com")
+        })
+        .await
+        .expect_err("a malformed address is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let exposition = scrape(&metrics_addr).await;
+
+    let register = |code: &str| {
+        format!(
+            "rpc_server_call_duration_seconds_count{{rpc_system=\"grpc\",rpc_service=\"identity.v1.RegistrationService\",rpc_method=\"Register\",rpc_grpc_status_code=\"{code}\"}}"
+        )
+    };
+    assert_eq!(
+        sample(&exposition, &register("0")),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        sample(&exposition, &register("3")),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        sample(&exposition, "identity_registrations_total"),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        sample(
+            &exposition,
+            "identity_password_hash_duration_seconds_count{task=\"hash\"}"
+        ),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("identity_password_hash_queue_depth"),
+        "{exposition}"
+    );
+}
