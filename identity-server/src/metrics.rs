@@ -28,6 +28,12 @@ pub const REFRESH_REUSE: &str = "identity_refresh_token_reuse_total";
 /// Calls refused at the door, by `reason` (`rate_limited`, `challenge_required`,
 /// `challenge_invalid`) and `action`.
 pub const REFUSALS: &str = "identity_refusals_total";
+/// Database connections checked out of the pool.
+pub const DB_POOL_IN_USE: &str = "identity_db_pool_connections_in_use";
+/// Callers waiting for a database connection.
+pub const DB_POOL_WAITING: &str = "identity_db_pool_waiting";
+/// Calls that gave up waiting for a database connection (answered UNAVAILABLE).
+pub const DB_POOL_TIMEOUTS: &str = "identity_db_pool_timeouts_total";
 /// Password hashes waiting for a worker.
 pub const HASH_QUEUE_DEPTH: &str = "identity_password_hash_queue_depth";
 /// Seconds a password hash waited for a worker.
@@ -72,6 +78,18 @@ fn describe() {
     describe_counter!(LOGINS, "Login attempts, by outcome.");
     describe_counter!(REFRESH_REUSE, "Sessions revoked for refresh token reuse.");
     describe_counter!(REFUSALS, "Calls refused at the door, by reason and action.");
+    describe_gauge!(
+        DB_POOL_IN_USE,
+        "Database connections checked out of the pool."
+    );
+    describe_gauge!(
+        DB_POOL_WAITING,
+        "Callers waiting for a database connection."
+    );
+    describe_counter!(
+        DB_POOL_TIMEOUTS,
+        "Waits for a database connection that timed out."
+    );
     describe_gauge!(HASH_QUEUE_DEPTH, "Password hashes waiting for a worker.");
     describe_histogram!(HASH_WAIT, Unit::Seconds, "Wait for a hashing worker.");
     describe_histogram!(
@@ -80,6 +98,22 @@ fn describe() {
         "Duration of one Argon2 hash or check."
     );
     describe_counter!(HASH_OVERLOADED, "Hashes refused with OVERLOADED.");
+}
+
+/// How often the pool gauges are sampled.
+const POOL_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Samples the pool's gauges ([`DB_POOL_IN_USE`], [`DB_POOL_WAITING`]) every second, forever.
+pub async fn sample_pool(pool: crate::db::Pool) {
+    let mut ticks = tokio::time::interval(POOL_SAMPLE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let status = pool.status();
+        let in_use = status.size.saturating_sub(status.available);
+        metrics::gauge!(DB_POOL_IN_USE).set(in_use as f64);
+        metrics::gauge!(DB_POOL_WAITING).set(status.waiting as f64);
+    }
 }
 
 /// Records [`RPC_DURATION`] for every gRPC (and gRPC-Web) call.

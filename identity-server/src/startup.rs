@@ -103,6 +103,8 @@ pub struct Application {
     clock: Arc<dyn Clock>,
     cors_allowed_origins: Vec<HeaderValue>,
     janitor: Janitor,
+    /// Whether a metrics exporter is installed (then the pool is sampled).
+    metrics: bool,
     /// Limit of one readiness check.
     database_timeout: Duration,
     readiness_interval: Duration,
@@ -171,6 +173,7 @@ impl Application {
             clock,
             cors_allowed_origins: settings.cors_allowed_origins,
             janitor,
+            metrics: settings.metrics_addr.is_some(),
             database_timeout: settings.database.timeout,
             readiness_interval: settings.readiness_interval,
             shutdown: settings.shutdown,
@@ -200,6 +203,9 @@ impl Application {
             self.database_timeout,
         ));
         let janitor = tokio::spawn(self.janitor.run());
+        let pool_samples = self
+            .metrics
+            .then(|| tokio::spawn(metrics::sample_pool(self.pool.clone())));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(identity_proto::FILE_DESCRIPTOR_SET)
@@ -306,6 +312,9 @@ impl Application {
         // is one statement that commits or rolls back.
         readiness_checks.abort();
         janitor.abort();
+        if let Some(samples) = pool_samples {
+            samples.abort();
+        }
         key_reloads.abort();
         served?;
         tracing::info!("identity-server stopped");

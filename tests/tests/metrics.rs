@@ -82,3 +82,28 @@ async fn a_sign_up_shows_in_the_rpc_histogram_the_registration_counter_and_the_h
         "{exposition}"
     );
 }
+
+#[tokio::test]
+async fn the_database_pool_is_sampled() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let server = Server::start(&[
+        ("IDENTITY_METRICS_ADDR", metrics_addr.as_str()),
+        ("IDENTITY_DB_POOL_SIZE", "4"),
+    ])
+    .await;
+    server.register("ada@example.com").await;
+
+    // The pool is sampled every second; at rest nothing is checked out and nobody waits.
+    let exposition = identity_tests::wait::until(
+        "the pool gauges",
+        std::time::Duration::from_secs(10),
+        async || {
+            let exposition = scrape(&metrics_addr).await;
+            sample(&exposition, "identity_db_pool_waiting").map(|_| exposition)
+        },
+    )
+    .await;
+    assert_eq!(sample(&exposition, "identity_db_pool_waiting"), Some(0.0));
+    let in_use = sample(&exposition, "identity_db_pool_connections_in_use").expect("sampled");
+    assert!((0.0..=4.0).contains(&in_use), "{in_use}");
+}

@@ -76,6 +76,9 @@ pub enum StoreError {
 
 impl From<deadpool::PoolError> for StoreError {
     fn from(error: deadpool::PoolError) -> Self {
+        if matches!(error, deadpool::PoolError::Timeout(_)) {
+            metrics::counter!(crate::metrics::DB_POOL_TIMEOUTS).increment(1);
+        }
         Self::Unavailable(error.to_string())
     }
 }

@@ -95,6 +95,8 @@ fn presentation(
 enum Verdict {
     Issued(Issued),
     Refused,
+    /// A retired token was presented again: the session was revoked.
+    Reused,
 }
 
 impl Sessions {
@@ -131,7 +133,7 @@ impl Sessions {
                             "a retired refresh token was presented again; revoking the session"
                         );
                         db::sessions::revoke(conn, session.id, "refresh_token_reuse", now).await?;
-                        return Ok(Verdict::Refused);
+                        return Ok(Verdict::Reused);
                     }
                 };
                 Ok(Verdict::Issued(self.issue(conn, &session, generation, now).await?))
@@ -140,6 +142,10 @@ impl Sessions {
         match verdict {
             Verdict::Issued(issued) => Ok(issued),
             Verdict::Refused => Err(RefreshError::Invalid),
+            Verdict::Reused => {
+                metrics::counter!(crate::metrics::REFRESH_REUSE).increment(1);
+                Err(RefreshError::Invalid)
+            }
         }
     }
 
