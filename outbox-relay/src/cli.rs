@@ -119,7 +119,15 @@ struct ServeArgs {
     /// Port 0 picks a free port; the address is logged.
     #[arg(long, env = "RELAY_HEALTH_ADDR", default_value = "127.0.0.1:50052")]
     health_addr: SocketAddr,
+
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. 0.0.0.0:9465; unset: no
+    /// metrics endpoint.
+    #[arg(long, env = "RELAY_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
+
+/// How often the backlog gauges are read from the database.
+const METRICS_SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.is_empty() {
@@ -201,6 +209,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.clone(),
     )?);
     let health = HealthService::bind(args.health_addr).await?;
+    // Listening before the relay says it started, so a scrape from then on is answered.
+    let metrics_addr = args.metrics_addr;
+    if let Some(addr) = metrics_addr {
+        crate::metrics::install(addr)?;
+    }
     tracing::info!(
         batch_size = config.batch_size,
         concurrency = config.concurrency,
@@ -209,8 +222,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "outbox-relay started"
     );
     let health = health.spawn(Arc::clone(&relay));
+    let samples = metrics_addr
+        .map(|_| tokio::spawn(Arc::clone(&relay).sample_metrics(METRICS_SAMPLE_INTERVAL)));
     let stopped = relay.run(shutdown_signal()).await;
     health.abort();
+    if let Some(samples) = samples {
+        samples.abort();
+    }
     stopped
 }
 

@@ -8,6 +8,7 @@
 //! - [`listener`]: LISTEN for new messages, reconnecting with backoff.
 //! - [`mailer`]: SMTP (lettre, pooled) or `.eml` files, and how failures are classified.
 //! - [`email`]: templates, rendering and the MIME message of each kind of email.
+//! - [`metrics`]: the Prometheus exporter and the metric names.
 //! - [`backoff`]: retry delays (exponential, full jitter).
 //! - [`cli`], [`telemetry`]: command line and logging.
 
@@ -17,6 +18,7 @@ pub mod email;
 pub mod health;
 pub mod listener;
 pub mod mailer;
+pub mod metrics;
 pub mod payload;
 pub mod relay;
 pub mod store;

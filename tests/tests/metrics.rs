@@ -1,7 +1,8 @@
-//! Prometheus metrics of the built server: the exposition on its own port after a sign-up.
+//! Prometheus metrics of the built server and relay: the exposition on their own ports after a
+//! sign-up.
 
 use identity_proto::identity::v1 as pb;
-use identity_tests::{pg::free_port, server::Server};
+use identity_tests::{pg::free_port, relay, server::Server, smtp::SmtpServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The body of `GET /metrics` at `addr`.
@@ -106,4 +107,49 @@ async fn the_database_pool_is_sampled() {
     assert_eq!(sample(&exposition, "identity_db_pool_waiting"), Some(0.0));
     let in_use = sample(&exposition, "identity_db_pool_connections_in_use").expect("sampled");
     assert!((0.0..=4.0).contains(&in_use), "{in_use}");
+}
+
+#[tokio::test]
+async fn the_relay_counts_its_sends_and_reports_the_outbox_backlog_from_the_database() {
+    let smtp = SmtpServer::start();
+    let server = Server::start(&[]).await;
+    // Two emails waiting before any relay runs: the backlog is read from the database.
+    server.register("ada@example.com").await;
+    server.register("grace@example.com").await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let _relay = relay::start(
+        &server.db.url,
+        &smtp.url(),
+        &[("RELAY_METRICS_ADDR", metrics_addr.as_str())],
+    )
+    .await;
+
+    let exposition = identity_tests::wait::until(
+        "two sends and an empty outbox in the relay's metrics",
+        std::time::Duration::from_secs(30),
+        async || {
+            let exposition = scrape(&metrics_addr).await;
+            let sent = sample(
+                &exposition,
+                "outbox_sends_total{kind=\"email.verification.v1\",result=\"delivered\"}",
+            );
+            let pending = sample(&exposition, "outbox_pending_messages");
+            (sent == Some(2.0) && pending == Some(0.0)).then_some(exposition)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(&exposition, "outbox_oldest_pending_age_seconds"),
+        Some(0.0),
+        "{exposition}"
+    );
+    assert_eq!(sample(&exposition, "outbox_relay_paused"), Some(0.0));
+    assert_eq!(
+        sample(
+            &exposition,
+            "outbox_claim_to_send_seconds_count{kind=\"email.verification.v1\"}"
+        ),
+        Some(2.0),
+        "{exposition}"
+    );
 }

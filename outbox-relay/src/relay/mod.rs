@@ -148,6 +148,24 @@ impl Relay {
         self.pause_left().is_some()
     }
 
+    /// Samples the backlog gauges from the database and this relay's pause state every
+    /// `every`, forever; a failed read leaves the gauges as they were (readiness reports it).
+    pub async fn sample_metrics(self: Arc<Self>, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            metrics::gauge!(crate::metrics::PAUSED).set(if self.is_paused() { 1.0 } else { 0.0 });
+            let Ok(mut conn) = self.pool.get().await else {
+                continue;
+            };
+            if let Ok(backlog) = store::backlog(&mut conn).await {
+                metrics::gauge!(crate::metrics::PENDING).set(backlog.pending as f64);
+                metrics::gauge!(crate::metrics::OLDEST_AGE).set(backlog.oldest_age_secs);
+            }
+        }
+    }
+
     /// Whether shutdown began.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)

@@ -67,6 +67,12 @@ impl Relay {
         let recorded = match verdict {
             Verdict::Delivered { sent, at } => {
                 let waited = at - message.created_at;
+                let kind = message.kind.clone();
+                metrics::counter!(crate::metrics::SENDS, "kind" => kind.clone(), "result" => "delivered")
+                    .increment(1);
+                let claim_to_send = (at - message.claimed_at).as_seconds_f64().max(0.0);
+                metrics::histogram!(crate::metrics::CLAIM_TO_SEND, "kind" => kind)
+                    .record(claim_to_send);
                 match &sent {
                     Sent::Smtp => {
                         tracing::info!(message.id = %id, kind = %message.kind, failed_attempts = message.attempts, waited_ms = waited.whole_milliseconds(), "email accepted by the SMTP server")
@@ -82,21 +88,26 @@ impl Relay {
                 if self.config.retry.exhausted(failures) {
                     let reason = format!("gave up after {failures} attempts; last error: {error}");
                     tracing::warn!(message.id = %id, %reason, "email dead-lettered");
+                    count_send(message, "dead_lettered");
                     store::dead_letter(conn, id, token, 1, &reason).await?
                 } else {
                     let delay = self.config.retry.delay(failures, rand::random::<f64>());
                     tracing::info!(message.id = %id, attempts = failures, retry_in = ?delay, error.message = %error, "email delivery failed; will retry");
+                    count_send(message, "retry");
                     store::retry_later(conn, id, token, delay, &error).await?
                 }
             }
             Verdict::Dead { reason, tried } => {
                 tracing::warn!(message.id = %id, kind = %message.kind, %reason, "email dead-lettered");
+                count_send(message, "dead_lettered");
                 store::dead_letter(conn, id, token, i32::from(tried), &reason).await?
             }
             Verdict::Paused(error) => {
                 let pause = self.config.refused_pause;
                 tracing::error!(error.message = %error, pause = ?pause, "the SMTP server refused us, not the message; pausing delivery (check SMTP_URL, EMAIL_FROM and the provider account)");
                 self.pause_for(pause);
+                count_send(message, "paused");
+                metrics::gauge!(crate::metrics::PAUSED).set(1.0);
                 // The pause is this relay's, not the message's: a relay with the right
                 // configuration (another replica, or this one restarted) may send it now.
                 store::put_back(conn, id, token, Duration::ZERO).await?
@@ -105,4 +116,10 @@ impl Relay {
         };
         Ok(recorded)
     }
+}
+
+/// Counts one settled delivery of `message` with `result`.
+fn count_send(message: &Claimed, result: &'static str) {
+    metrics::counter!(crate::metrics::SENDS, "kind" => message.kind.clone(), "result" => result)
+        .increment(1);
 }

@@ -66,6 +66,27 @@ impl std::fmt::Debug for Claimed {
     }
 }
 
+/// The outbox's backlog as the database sees it: how many messages, and the age in seconds of
+/// the oldest (0 when empty).
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct Backlog {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub pending: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub oldest_age_secs: f64,
+}
+
+/// Reads the [`Backlog`].
+pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<Backlog> {
+    diesel::sql_query(
+        "SELECT count(*) AS pending,
+                COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest_age_secs
+         FROM outbox",
+    )
+    .get_result(conn)
+    .await
+}
+
 /// Whether the database answers a trivial query (for health checks).
 pub async fn ping(conn: &mut AsyncPgConnection) -> QueryResult<()> {
     diesel::sql_query("SELECT 1").execute(conn).await.map(drop)
