@@ -66,6 +66,15 @@ ensure_diesel() {
   DIESEL=$(command -v diesel)
 }
 
+# ensure_prometheus: the Prometheus server (and promtool), which the metrics tests run to scrape
+# both binaries (tests/tests/metrics.rs). From Debian's `prometheus` package, installed when
+# missing.
+ensure_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
+  log "installing prometheus (the metrics tests scrape both binaries with it)"
+  apt_install prometheus
+}
+
 # ensure_faketime: libfaketime, which the relay clock tests preload to set the relay's clock
 # ahead (tests/tests/relay_clock.rs). From Debian's `faketime` package, installed when missing.
 ensure_faketime() {

@@ -2,10 +2,12 @@
 //! load generator (`src/bin/loadgen.rs`).
 //!
 //! - [`altcha`]: solves (and, knowing the key, forges) ALTCHA challenges as a client would.
+//! - [`http`]: a minimal HTTP GET, for metrics endpoints and Prometheus' API.
 //! - [`load`]: latency tallies and the Argon2 bound, for the load generators.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
 //!   throwaway clusters a test may stop and start (or serve TLS only).
+//! - [`prometheus`]: a real Prometheus server scraping the binaries, queried over its API.
 //! - [`process`]: runs the built binaries as a user would and captures their logs.
 //! - [`reflection`]: lists the services a server announces over gRPC reflection.
 //! - [`relay`]: `outbox-relay` started for tests.
@@ -17,10 +19,12 @@
 //! - [`wait`]: waits for a condition with a deadline, never a bare sleep.
 
 pub mod altcha;
+pub mod http;
 pub mod load;
 pub mod outbox;
 pub mod pg;
 pub mod process;
+pub mod prometheus;
 pub mod reflection;
 pub mod relay;
 pub mod server;

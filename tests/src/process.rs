@@ -46,7 +46,17 @@ pub struct Process {
 impl Process {
     /// Starts `name` with `args` and extra environment variables.
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary(name))
+        Self::spawn_program(binary(name), args, envs)
+    }
+
+    /// Starts any program (a workspace binary's path, or a system one such as `prometheus`).
+    pub fn spawn_program(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
+        let name = program.as_ref().to_string_lossy().into_owned();
+        let mut child = Command::new(program)
             .args(args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())

@@ -2,25 +2,15 @@
 //! sign-up.
 
 use identity_proto::identity::v1 as pb;
-use identity_tests::{pg::free_port, relay, server::Server, smtp::SmtpServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use identity_tests::{
+    http, pg::free_port, prometheus::Prometheus, relay, server::Server, smtp::SmtpServer,
+};
 
 /// The body of `GET /metrics` at `addr`.
 async fn scrape(addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the metrics port accepts connections");
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("writes");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("reads");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    let (status, body) = http::get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// The value of the sample whose line starts with `series` (name and labels as exposed).
@@ -151,5 +141,62 @@ async fn the_relay_counts_its_sends_and_reports_the_outbox_backlog_from_the_data
         ),
         Some(2.0),
         "{exposition}"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_both_binaries_during_a_sign_up() {
+    let smtp = SmtpServer::start();
+    let server_metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let relay_metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let server = Server::start(&[("IDENTITY_METRICS_ADDR", server_metrics.as_str())]).await;
+    let _relay = relay::start(
+        &server.db.url,
+        &smtp.url(),
+        &[("RELAY_METRICS_ADDR", relay_metrics.as_str())],
+    )
+    .await;
+    let prometheus = Prometheus::start(&[&server_metrics, &relay_metrics]).await;
+
+    server.register("ada@example.com").await;
+
+    // Prometheus scrapes every second; wait until it has seen the sign-up through to the email.
+    let queries = [
+        "sum(rpc_server_call_duration_seconds_count{rpc_method=\"Register\",rpc_grpc_status_code=\"0\"})",
+        "sum(identity_registrations_total)",
+        "sum(outbox_sends_total{result=\"delivered\"})",
+    ];
+    identity_tests::wait::until(
+        "Prometheus to hold the sign-up",
+        std::time::Duration::from_secs(60),
+        async || {
+            for query in queries {
+                if prometheus.query(query).await != [1.0] {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // Once the email is accepted, the outbox is empty: its oldest message has no age.
+    identity_tests::wait::until(
+        "the outbox age gauge at 0 in Prometheus",
+        std::time::Duration::from_secs(30),
+        async || {
+            (prometheus
+                .query("max(outbox_oldest_pending_age_seconds)")
+                .await
+                == [0.0])
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        prometheus
+            .query("count(rpc_server_call_duration_seconds_bucket{rpc_method=\"Register\"})")
+            .await,
+        [14.0],
+        "the Register histogram has its 13 buckets and +Inf"
     );
 }
