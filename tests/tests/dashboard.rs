@@ -53,8 +53,11 @@ fn every_dashboard_query_is_valid_promql() {
         "identity-dashboard-{}.rules.yml",
         uuid::Uuid::new_v4().simple()
     ));
-    std::fs::write(&file, format!("groups:\n  - name: dashboard\n    rules:\n{rules}"))
-        .expect("writes the rules");
+    std::fs::write(
+        &file,
+        format!("groups:\n  - name: dashboard\n    rules:\n{rules}"),
+    )
+    .expect("writes the rules");
     let checked = std::process::Command::new("promtool")
         .args(["check", "rules"])
         .arg(&file)
@@ -72,10 +75,13 @@ fn every_dashboard_query_is_valid_promql() {
 #[test]
 fn the_dashboard_shows_every_exported_metric() {
     let queries = queries().join("\n");
-    let declared: Vec<String> = ["identity-server/src/metrics.rs", "outbox-relay/src/metrics.rs"]
-        .iter()
-        .flat_map(|file| declared_metrics(file))
-        .collect();
+    let declared: Vec<String> = [
+        "identity-server/src/metrics.rs",
+        "outbox-relay/src/metrics.rs",
+    ]
+    .iter()
+    .flat_map(|file| declared_metrics(file))
+    .collect();
     assert!(declared.len() > 10, "{declared:?}");
     let missing: Vec<&String> = declared
         .iter()
