@@ -154,17 +154,33 @@ where
         Box::pin(async move {
             let response = response.await;
             if let Ok(response) = &response {
+                let code = status_code(response);
+                let (service, method) = if is_served(response, &code) {
+                    (service, method)
+                } else {
+                    (UNKNOWN.to_owned(), UNKNOWN.to_owned())
+                };
                 let labels = [
                     ("rpc_system", "grpc".to_owned()),
                     ("rpc_service", service),
                     ("rpc_method", method),
-                    ("rpc_grpc_status_code", status_code(response)),
+                    ("rpc_grpc_status_code", code),
                 ];
                 metrics::histogram!(RPC_DURATION, &labels).record(started.elapsed());
             }
             response
         })
     }
+}
+
+/// The service and method label of calls to paths the server does not serve.
+const UNKNOWN: &str = "unknown";
+
+/// Whether the call reached one of our RPCs: not UNIMPLEMENTED (12, what the router answers for
+/// any other path), and an HTTP 200. Other calls are labelled [`UNKNOWN`], so a client sending
+/// made-up paths cannot create new series without bound.
+fn is_served<R>(response: &http::Response<R>, code: &str) -> bool {
+    response.status() == http::StatusCode::OK && code != "12"
 }
 
 /// Service and method of a gRPC path `/package.Service/Method`.
@@ -218,5 +234,24 @@ mod tests {
             .body(())
             .expect("a response");
         assert_eq!(status_code(&not_found), "2");
+    }
+
+    #[test]
+    fn calls_to_paths_we_do_not_serve_share_one_label() {
+        let unimplemented = http::Response::builder()
+            .header("grpc-status", "12")
+            .body(())
+            .expect("a response");
+        assert!(!is_served(&unimplemented, &status_code(&unimplemented)));
+        let not_found = http::Response::builder()
+            .status(http::StatusCode::NOT_FOUND)
+            .body(())
+            .expect("a response");
+        assert!(!is_served(&not_found, &status_code(&not_found)));
+        let refused = http::Response::builder()
+            .header("grpc-status", "3")
+            .body(())
+            .expect("a response");
+        assert!(is_served(&refused, &status_code(&refused)));
     }
 }
