@@ -42,6 +42,26 @@ pub enum Due {
     SpentRateLimits { tat_before: OffsetDateTime },
 }
 
+/// The statement for a table whose rows are due when one expression (matching the table's
+/// retention index) is at most the cutoff `$1`: at most `$2` rows, skipping locked ones.
+macro_rules! batch {
+    ($table:literal, $key:literal, $due:literal) => {
+        concat!(
+            "DELETE FROM ",
+            $table,
+            " WHERE ",
+            $key,
+            " IN (SELECT ",
+            $key,
+            " FROM ",
+            $table,
+            " WHERE ",
+            $due,
+            " <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        )
+    };
+}
+
 /// Deletes at most `limit` due rows of one kind; returns how many it deleted.
 pub async fn delete_batch(
     conn: &mut AsyncPgConnection,
@@ -63,17 +83,19 @@ pub async fn delete_batch(
             created_before,
         ),
         Due::VerificationSecrets { spent_before } => (
-            "DELETE FROM verification_secrets WHERE id IN (
-                SELECT id FROM verification_secrets
-                WHERE LEAST(expires_at, consumed_at) <= $1
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            batch!(
+                "verification_secrets",
+                "id",
+                "LEAST(expires_at, consumed_at)"
+            ),
             spent_before,
         ),
         Due::ResetTokens { spent_before } => (
-            "DELETE FROM password_reset_tokens WHERE id IN (
-                SELECT id FROM password_reset_tokens
-                WHERE LEAST(expires_at, consumed_at) <= $1
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            batch!(
+                "password_reset_tokens",
+                "id",
+                "LEAST(expires_at, consumed_at)"
+            ),
             spent_before,
         ),
         // Refresh tokens first, then (in another statement) their sessions: each statement locks
@@ -96,42 +118,22 @@ pub async fn delete_batch(
             expired_before,
         ),
         Due::StaleLoginThrottles { stale_before } => (
-            "DELETE FROM login_throttle WHERE email_key IN (
-                SELECT email_key FROM login_throttle
-                WHERE GREATEST(blocked_until, last_failed_at) <= $1
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            batch!(
+                "login_throttle",
+                "email_key",
+                "GREATEST(blocked_until, last_failed_at)"
+            ),
             stale_before,
         ),
-        Due::DeadLetters { dead_before } => (
-            "DELETE FROM outbox_dead WHERE id IN (
-                SELECT id FROM outbox_dead
-                WHERE dead_at <= $1
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            dead_before,
-        ),
+        Due::DeadLetters { dead_before } => (batch!("outbox_dead", "id", "dead_at"), dead_before),
         Due::ChallengeSolutions { expired_before } => (
-            "DELETE FROM challenge_solutions WHERE challenge IN (
-                SELECT challenge FROM challenge_solutions
-                WHERE expires_at <= $1
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            batch!("challenge_solutions", "challenge", "expires_at"),
             expired_before,
         ),
-        Due::EmailSends { sent_before } => (
-            "DELETE FROM email_sends WHERE id IN (
-                SELECT id FROM email_sends
-                WHERE sent_at <= $1
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            sent_before,
-        ),
+        Due::EmailSends { sent_before } => (batch!("email_sends", "id", "sent_at"), sent_before),
         // A call racing with this delete either locked the row first (SKIP LOCKED leaves it)
         // or finds no row and inserts a fresh one, which is what the deleted row meant.
-        Due::SpentRateLimits { tat_before } => (
-            "DELETE FROM rate_limits WHERE key IN (
-                SELECT key FROM rate_limits
-                WHERE tat <= $1
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            tat_before,
-        ),
+        Due::SpentRateLimits { tat_before } => (batch!("rate_limits", "key", "tat"), tat_before),
     };
     let query = diesel::sql_query(sql)
         .bind::<Timestamptz, _>(cutoff)
