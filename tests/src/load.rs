@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use identity_proto::identity::v1::{self as pb, session_service_client::SessionServiceClient};
+use diesel::{QueryableByName, sql_types::Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use identity_proto::identity::v1::{
+    self as pb, registration_service_client::RegistrationServiceClient,
+    session_service_client::SessionServiceClient,
+};
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 
@@ -134,12 +139,11 @@ pub async fn gather(mut tasks: JoinSet<Tally>, started: Instant) -> Tally {
     total
 }
 
-/// Logs `callers` sessions in (round-robin over `emails`, all with `password`), then has each
+/// Logs `callers` sessions in (round-robin over `emails`, all with [`PASSWORD`]), then has each
 /// refresh its session in a loop for `run_for`, rotating its token on every answer.
 pub async fn refresh_phase(
     channel: &Channel,
     emails: &[String],
-    password: &str,
     callers: usize,
     run_for: Duration,
 ) -> anyhow::Result<Tally> {
@@ -149,7 +153,7 @@ pub async fn refresh_phase(
         let token = client
             .login(pb::LoginRequest {
                 email: emails[caller % emails.len()].clone(),
-                password: password.into(),
+                password: PASSWORD.into(),
             })
             .await
             .context("logging in before the refresh phase")?
@@ -179,4 +183,47 @@ pub async fn refresh_phase(
         });
     }
     Ok(gather(tasks, started).await)
+}
+
+/// The password of every account the load generators create.
+pub const PASSWORD: &str = "tangerine-kettle-orbit-42";
+
+/// Registers `email` through `channel` with [`PASSWORD`], then verifies it with the link token
+/// the outbox holds for it (read through `db`), so the account can log in.
+pub async fn sign_up_verified(
+    channel: &Channel,
+    db: &mut AsyncPgConnection,
+    email: &str,
+    display_name: &str,
+) -> anyhow::Result<()> {
+    #[derive(QueryableByName)]
+    struct Token {
+        #[diesel(sql_type = Text)]
+        token: String,
+    }
+    let mut registration = RegistrationServiceClient::new(channel.clone());
+    registration
+        .register(pb::RegisterRequest {
+            email: email.to_owned(),
+            password: PASSWORD.into(),
+            display_name: display_name.to_owned(),
+            locale: "en".into(),
+            ..Default::default()
+        })
+        .await
+        .context("registering")?;
+    let token: Token = diesel::sql_query(
+        "SELECT payload->>'token' AS token FROM outbox WHERE payload->>'recipient' = $1",
+    )
+    .bind::<Text, _>(email)
+    .get_result(db)
+    .await
+    .context("reading the verification token")?;
+    registration
+        .verify_email(pb::VerifyEmailRequest {
+            proof: Some(pb::verify_email_request::Proof::Token(token.token)),
+        })
+        .await
+        .context("verifying")?;
+    Ok(())
 }

@@ -11,18 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use clap::Parser;
-use diesel::{QueryableByName, sql_types::Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use identity_proto::identity::v1::{
     self as pb, registration_service_client::RegistrationServiceClient,
 };
-use identity_tests::load::{Tally, gather, record, refresh_phase};
+use identity_tests::load::{PASSWORD, Tally, gather, record, refresh_phase, sign_up_verified};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
-
-const PASSWORD: &str = "tangerine-kettle-orbit-42";
 
 /// Register and RefreshSession throughput with the rate limiter off and on, in one run.
 #[derive(Debug, Parser)]
@@ -50,12 +46,6 @@ struct Args {
     refresh_callers: usize,
 }
 
-#[derive(QueryableByName)]
-struct Token {
-    #[diesel(sql_type = Text)]
-    token: String,
-}
-
 static NEXT_ADDRESS: AtomicU64 = AtomicU64::new(0);
 
 fn next_address(run: &str) -> String {
@@ -73,31 +63,14 @@ fn register_request(email: String) -> pb::RegisterRequest {
     }
 }
 
-/// An active account (registered through `channel`, verified with the token from the outbox).
+/// An active account, on a fresh address of `run`.
 async fn active_user(
     channel: &Channel,
     db: &mut AsyncPgConnection,
     run: &str,
 ) -> anyhow::Result<String> {
-    let mut registration = RegistrationServiceClient::new(channel.clone());
     let email = next_address(run);
-    registration
-        .register(register_request(email.clone()))
-        .await
-        .context("registering")?;
-    let token: Token = diesel::sql_query(
-        "SELECT payload->>'token' AS token FROM outbox WHERE payload->>'recipient' = $1",
-    )
-    .bind::<Text, _>(&email)
-    .get_result(db)
-    .await
-    .context("reading the verification token")?;
-    registration
-        .verify_email(pb::VerifyEmailRequest {
-            proof: Some(pb::verify_email_request::Proof::Token(token.token)),
-        })
-        .await
-        .context("verifying")?;
+    sign_up_verified(channel, db, &email, "Limit Bench").await?;
     Ok(email)
 }
 
@@ -174,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
             let (name, channel) = &servers[which];
             let mut register = register_phase(channel, &run, register_callers, run_for).await;
             let mut refresh =
-                refresh_phase(channel, &emails, PASSWORD, args.refresh_callers, run_for).await?;
+                refresh_phase(channel, &emails, args.refresh_callers, run_for).await?;
             println!(
                 "round {round}, limits {name}: register {}",
                 register.summary()

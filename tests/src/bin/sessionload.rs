@@ -10,20 +10,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use argon2::Params;
 use clap::Parser;
-use diesel::{QueryableByName, sql_types::Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use identity_proto::identity::v1::{
-    self as pb, registration_service_client::RegistrationServiceClient,
-    session_service_client::SessionServiceClient,
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use identity_proto::identity::v1::{self as pb, session_service_client::SessionServiceClient};
+use identity_tests::load::{
+    PASSWORD, Tally, argon2_bound, gather, record, refresh_phase, sign_up_verified,
 };
-use identity_tests::load::{Tally, argon2_bound, gather, record, refresh_phase};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
-
-const PASSWORD: &str = "tangerine-kettle-orbit-42";
 
 /// Drive Login and RefreshSession against a running identity-server and print throughput and
 /// latency beside the machine's Argon2 bound.
@@ -50,12 +45,6 @@ struct Args {
     refresh_callers: usize,
 }
 
-#[derive(QueryableByName)]
-struct Token {
-    #[diesel(sql_type = Text)]
-    token: String,
-}
-
 /// Signs up and verifies `n` accounts; returns their addresses.
 async fn active_users(
     channel: &Channel,
@@ -63,34 +52,11 @@ async fn active_users(
     n: usize,
 ) -> anyhow::Result<Vec<String>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut registration = RegistrationServiceClient::new(channel.clone());
     let mut db = AsyncPgConnection::establish(database_url).await?;
     let mut emails = Vec::new();
     for i in 0..n {
         let email = format!("sl-{}-{i}@loadgen.example.com", &run[..8]);
-        registration
-            .register(pb::RegisterRequest {
-                email: email.clone(),
-                password: PASSWORD.into(),
-                display_name: "Session Load".into(),
-                locale: "en".into(),
-                ..Default::default()
-            })
-            .await
-            .context("registering")?;
-        let token: Token = diesel::sql_query(
-            "SELECT payload->>'token' AS token FROM outbox WHERE payload->>'recipient' = $1",
-        )
-        .bind::<Text, _>(&email)
-        .get_result(&mut db)
-        .await
-        .context("reading the verification token")?;
-        registration
-            .verify_email(pb::VerifyEmailRequest {
-                proof: Some(pb::verify_email_request::Proof::Token(token.token)),
-            })
-            .await
-            .context("verifying")?;
+        sign_up_verified(channel, &mut db, &email, "Session Load").await?;
         emails.push(email);
     }
     Ok(emails)
@@ -149,8 +115,7 @@ async fn main() -> anyhow::Result<()> {
         login.per_second() / bound * 100.0
     );
 
-    let mut refresh =
-        refresh_phase(&channel, &emails, PASSWORD, args.refresh_callers, run_for).await?;
+    let mut refresh = refresh_phase(&channel, &emails, args.refresh_callers, run_for).await?;
     println!(
         "refresh, {} callers: {}",
         args.refresh_callers,
