@@ -116,15 +116,21 @@ pub async fn sample_pool(pool: crate::db::Pool) {
     }
 }
 
-/// Records [`RPC_DURATION`] for every gRPC (and gRPC-Web) call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
+/// Records [`RPC_DURATION`] for every gRPC (and gRPC-Web) call, when `enabled` (an exporter is
+/// installed); otherwise calls pass straight through.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcMetricsLayer {
+    pub enabled: bool,
+}
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
+        RpcMetrics {
+            inner,
+            enabled: self.enabled,
+        }
     }
 }
 
@@ -132,6 +138,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
+    enabled: bool,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
@@ -148,6 +155,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !self.enabled {
+            return Box::pin(self.inner.call(request));
+        }
         let (service, method) = rpc_of(request.uri().path());
         let started = Instant::now();
         let response = self.inner.call(request);

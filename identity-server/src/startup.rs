@@ -266,7 +266,9 @@ impl Application {
                     .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
-            .layer(RpcMetricsLayer)
+            .layer(RpcMetricsLayer {
+                enabled: self.metrics,
+            })
             .layer(cors(self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)

@@ -107,7 +107,6 @@ impl Relay {
                 tracing::error!(error.message = %error, pause = ?pause, "the SMTP server refused us, not the message; pausing delivery (check SMTP_URL, EMAIL_FROM and the provider account)");
                 self.pause_for(pause);
                 count_send(message, "paused");
-                metrics::gauge!(crate::metrics::PAUSED).set(1.0);
                 // The pause is this relay's, not the message's: a relay with the right
                 // configuration (another replica, or this one restarted) may send it now.
                 store::put_back(conn, id, token, Duration::ZERO).await?
