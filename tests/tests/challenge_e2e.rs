@@ -257,15 +257,18 @@ async fn a_tampered_signature_is_refused() {
 async fn moving_digits_of_the_number_into_the_salt_is_refused() {
     let server = Server::start(ALWAYS).await;
     let channel = server.channel().await;
-    // A solution with at least two digits, so one can move.
-    let (challenge, number) = loop {
+    // A solution with a digit that can move into the salt while the rest
+    // still reads as the same digits: the rest must not start with a zero
+    // (105 would leave "05", which a number prints as "5").
+    let (challenge, number, split) = loop {
         let (challenge, number) = solved(&channel).await;
-        if number >= 10 {
-            break (challenge, number);
+        let digits = number.to_string();
+        if let Some(split) = (1..digits.len()).find(|&at| !digits[at..].starts_with('0')) {
+            break (challenge, number, split);
         }
     };
     let digits = number.to_string();
-    let (moved, kept) = digits.split_at(1);
+    let (moved, kept) = digits.split_at(split);
     let spliced_salt = format!("{}{moved}", challenge.salt);
     let kept: u64 = kept.parse().expect("digits");
     // Same hash, same signature: only the salt's form tells.
