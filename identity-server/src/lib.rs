@@ -9,13 +9,15 @@
 //! - [`challenge`]: the ALTCHA-compatible proof-of-work challenge that guards the calls that
 //!   send email, and when it is required.
 //! - [`hashing`]: Argon2id on a bounded pool of worker threads.
-//! - [`metrics`]: the Prometheus exporter, the RPC duration layer and the metric names.
+//! - [`metrics`]: the Prometheus exporter and the metric names; [`observe`]: the layer that
+//!   gives every gRPC call its span (continuing the caller's trace) and its duration metric.
 //! - [`janitor`]: deletes expired rows and never-verified accounts on an interval.
 //! - [`db`]: the connection pool, migrations, queries and retried transactions.
 //! - [`tokens`]: the PASETO signing keys and access tokens.
 //! - [`grpc`]: tonic services and the one error-to-status mapping.
 //! - [`startup`]: builds and runs the server; [`health`]: liveness and readiness; [`cli`] reads
-//!   the command line; [`telemetry`] sets up logging; [`clock`] makes time a parameter.
+//!   the command line (logs and traces are set up by `identity_proto::telemetry`); [`clock`]
+//!   makes time a parameter.
 
 pub mod abuse;
 pub mod challenge;
@@ -28,9 +30,9 @@ pub mod hashing;
 pub mod health;
 pub mod janitor;
 pub mod metrics;
+pub mod observe;
 pub mod password_reset;
 pub mod registration;
 pub mod sessions;
 pub mod startup;
-pub mod telemetry;
 pub mod tokens;

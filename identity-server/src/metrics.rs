@@ -1,16 +1,11 @@
-//! Prometheus metrics: the exporter on its own port, the RPC duration layer, and the names of
-//! everything the server measures (so a dashboard or an alert has one place to look).
+//! Prometheus metrics: the exporter on its own port and the names of everything the server
+//! measures (so a dashboard or an alert has one place to look). [`crate::observe`] records
+//! [`RPC_DURATION`].
 //!
 //! Without `IDENTITY_METRICS_ADDR` no exporter is installed and every `metrics::` call is a
 //! no-op.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Instant,
-};
+use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -113,155 +108,5 @@ pub async fn sample_pool(pool: crate::db::Pool) {
         let in_use = status.size.saturating_sub(status.available);
         metrics::gauge!(DB_POOL_IN_USE).set(in_use as f64);
         metrics::gauge!(DB_POOL_WAITING).set(status.waiting as f64);
-    }
-}
-
-/// Records [`RPC_DURATION`] for every gRPC (and gRPC-Web) call, when `enabled` (an exporter is
-/// installed); otherwise calls pass straight through.
-#[derive(Debug, Clone, Copy)]
-pub struct RpcMetricsLayer {
-    pub enabled: bool,
-}
-
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics {
-            inner,
-            enabled: self.enabled,
-        }
-    }
-}
-
-/// See [`RpcMetricsLayer`].
-#[derive(Debug, Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    enabled: bool,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !self.enabled {
-            return Box::pin(self.inner.call(request));
-        }
-        let (service, method) = rpc_of(request.uri().path());
-        let started = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            if let Ok(response) = &response {
-                let code = status_code(response);
-                let (service, method) = if is_served(response, &code) {
-                    (service, method)
-                } else {
-                    (UNKNOWN.to_owned(), UNKNOWN.to_owned())
-                };
-                let labels = [
-                    ("rpc_system", "grpc".to_owned()),
-                    ("rpc_service", service),
-                    ("rpc_method", method),
-                    ("rpc_grpc_status_code", code),
-                ];
-                metrics::histogram!(RPC_DURATION, &labels).record(started.elapsed());
-            }
-            response
-        })
-    }
-}
-
-/// The service and method label of calls to paths the server does not serve.
-const UNKNOWN: &str = "unknown";
-
-/// Whether the call reached one of our RPCs: not UNIMPLEMENTED (12, what the router answers for
-/// any other path), and an HTTP 200. Other calls are labelled [`UNKNOWN`], so a client sending
-/// made-up paths cannot create new series without bound.
-fn is_served<R>(response: &http::Response<R>, code: &str) -> bool {
-    response.status() == http::StatusCode::OK && code != "12"
-}
-
-/// Service and method of a gRPC path `/package.Service/Method`.
-fn rpc_of(path: &str) -> (String, String) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default();
-    let method = parts.next().unwrap_or_default();
-    (service.to_owned(), method.to_owned())
-}
-
-/// The call's gRPC status code. tonic answers an error as a trailers-only response, with
-/// `grpc-status` among the headers; a unary success carries `grpc-status: 0` in its trailers,
-/// after the headers this layer sees, so a 200 without the header is OK. Any other HTTP
-/// status is UNKNOWN (2).
-fn status_code<R>(response: &http::Response<R>) -> String {
-    match response.headers().get("grpc-status") {
-        Some(code) => code.to_str().unwrap_or("2").to_owned(),
-        None if response.status() == http::StatusCode::OK => "0".to_owned(),
-        None => "2".to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_name_the_service_and_the_method() {
-        assert_eq!(
-            rpc_of("/identity.v1.RegistrationService/Register"),
-            (
-                "identity.v1.RegistrationService".to_owned(),
-                "Register".to_owned()
-            )
-        );
-        assert_eq!(rpc_of("/"), (String::new(), String::new()));
-    }
-
-    #[test]
-    fn the_status_comes_from_the_header_or_a_plain_200() {
-        let with = |code: &str| {
-            http::Response::builder()
-                .header("grpc-status", code)
-                .body(())
-                .expect("a response")
-        };
-        assert_eq!(status_code(&with("3")), "3");
-        assert_eq!(status_code(&http::Response::new(())), "0");
-        let not_found = http::Response::builder()
-            .status(http::StatusCode::NOT_FOUND)
-            .body(())
-            .expect("a response");
-        assert_eq!(status_code(&not_found), "2");
-    }
-
-    #[test]
-    fn calls_to_paths_we_do_not_serve_share_one_label() {
-        let unimplemented = http::Response::builder()
-            .header("grpc-status", "12")
-            .body(())
-            .expect("a response");
-        assert!(!is_served(&unimplemented, &status_code(&unimplemented)));
-        let not_found = http::Response::builder()
-            .status(http::StatusCode::NOT_FOUND)
-            .body(())
-            .expect("a response");
-        assert!(!is_served(&not_found, &status_code(&not_found)));
-        let refused = http::Response::builder()
-            .header("grpc-status", "3")
-            .body(())
-            .expect("a response");
-        assert!(is_served(&refused, &status_code(&refused)));
     }
 }

@@ -207,7 +207,7 @@ impl PasswordReset {
         let now = self.clock.now();
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let mut retry = db::retry::Retry::default();
-        loop {
+        let revoked = loop {
             let attempt = conn
                 .transaction(async |conn| {
                     self.apply_reset(conn, &hash, found.user_id, &password_hash, now)
@@ -217,7 +217,14 @@ impl PasswordReset {
             if let Some(done) = retry.settle(attempt).await {
                 break done;
             }
-        }
+        }?;
+        tracing::info!(
+            event = "user.password_changed",
+            user_id = %found.user_id,
+            revoked_sessions = revoked,
+            "password changed with a reset link; sessions revoked"
+        );
+        Ok(())
     }
 
     /// The reset's transaction. It locks the user row before touching any token, the order
@@ -230,7 +237,7 @@ impl PasswordReset {
         user_id: Uuid,
         password_hash: &str,
         now: OffsetDateTime,
-    ) -> Result<(), ResetError> {
+    ) -> Result<usize, ResetError> {
         if db::users::lock_by_id(conn, user_id).await?.is_none() {
             return Err(ResetError::TokenInvalid);
         }
@@ -253,7 +260,6 @@ impl PasswordReset {
             changed_at: now,
         };
         db::outbox::enqueue_for_user(conn, user_id, EmailPasswordChangedV1::KIND, &notice).await?;
-        tracing::info!(revoked_sessions = revoked, "password reset");
-        Ok(())
+        Ok(revoked)
     }
 }

@@ -17,11 +17,7 @@ use identity_proto::identity::v1::{
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
-use tower_http::{
-    cors::{AllowOrigin, CorsLayer},
-    trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer},
-};
-use tracing::Level;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     abuse::{self, Door},
@@ -35,7 +31,8 @@ use crate::{
     hashing::{HashingConfig, PasswordHasher},
     health::Health,
     janitor::{self, Janitor},
-    metrics::{self, RpcMetricsLayer},
+    metrics,
+    observe::ObserveLayer,
     password_reset::{self, PasswordReset},
     registration::{self, Registration},
     sessions::{self, Sessions},
@@ -258,16 +255,9 @@ impl Application {
         let serve = Server::builder()
             // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
             .accept_http1(true)
-            // A span per call naming the RPC, so every log line of a call says which one it was.
-            // Failed statuses are logged at DEBUG here: a caller's mistake is not an error of
-            // ours, and real faults are logged at ERROR by the status mapping (grpc/error.rs).
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-            )
-            .layer(RpcMetricsLayer {
-                enabled: self.metrics,
+            // A span per call (continuing the caller's trace) and its duration.
+            .layer(ObserveLayer {
+                metrics: self.metrics,
             })
             .layer(cors(self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use identity_proto::pg::SessionTimeouts;
+use identity_proto::telemetry::{LogFormat, Telemetry};
 use secrecy::SecretString;
 
 use crate::{
@@ -15,7 +16,6 @@ use crate::{
     health::HealthService,
     relay::{Relay, RelayConfig},
     store,
-    telemetry::{self, LogFormat},
 };
 use delivery::DeliveryArgs;
 
@@ -139,14 +139,25 @@ fn parse_secret(raw: &str) -> Result<SecretString, String> {
 impl Cli {
     /// Runs the chosen command; errors are logged and turn into a failing exit code.
     pub fn run(self) -> ExitCode {
-        telemetry::init(self.log_format);
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
         {
             Ok(runtime) => runtime,
             Err(e) => {
-                tracing::error!(error.message = %e, "cannot start the async runtime");
+                eprintln!("outbox-relay: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Inside the runtime: the trace exporter's channel runs on it.
+        let telemetry = {
+            let _entered = runtime.enter();
+            Telemetry::init(self.log_format, "outbox-relay")
+        };
+        let telemetry = match telemetry {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                tracing::error!(error.message = %e, "cannot set up the trace export; check the OTEL_EXPORTER_OTLP_* variables");
                 return ExitCode::FAILURE;
             }
         };
@@ -155,13 +166,16 @@ impl Cli {
                 Command::Serve(args) => serve(*args).await,
             }
         });
-        match result {
+        let code = match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error.message = %e, error.cause_chain = ?e, "outbox-relay failed");
                 ExitCode::FAILURE
             }
-        }
+        };
+        // Outside the runtime, which still runs the exporter: the last spans go out.
+        telemetry.shutdown();
+        code
     }
 }
 

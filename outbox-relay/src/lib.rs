@@ -10,7 +10,7 @@
 //! - [`email`]: templates, rendering and the MIME message of each kind of email.
 //! - [`metrics`]: the Prometheus exporter and the metric names.
 //! - [`backoff`]: retry delays (exponential, full jitter).
-//! - [`cli`], [`telemetry`]: command line and logging.
+//! - [`cli`]: the command line (logs and traces are set up by `identity_proto::telemetry`).
 
 pub mod backoff;
 pub mod cli;
@@ -22,4 +22,3 @@ pub mod metrics;
 pub mod payload;
 pub mod relay;
 pub mod store;
-pub mod telemetry;

@@ -7,6 +7,8 @@
 //! - [`pg`] (feature `postgres`): how both binaries connect to PostgreSQL (TLS after libpq's
 //!   `sslmode`, session timeouts, the pool). Shared the same way, and behind a feature so API
 //!   clients do not pull a database driver.
+//! - [`telemetry`] (feature `telemetry`): both binaries' logs and OpenTelemetry traces, and the
+//!   W3C trace context an outbox row carries from the writer to the relay.
 //!
 //! `Debug` of a generated message never prints a string or bytes field (passwords, tokens,
 //! codes, but also addresses and names) unless the field is on build.rs's short allow-list of
@@ -18,6 +20,8 @@ pub mod outbox;
 pub mod pg;
 #[cfg(test)]
 mod redact;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 /// Generated code, laid out by protobuf package.
 pub mod identity {

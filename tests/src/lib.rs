@@ -4,6 +4,7 @@
 //! - [`altcha`]: solves (and, knowing the key, forges) ALTCHA challenges as a client would.
 //! - [`http`]: a minimal HTTP GET, for metrics endpoints and Prometheus' API.
 //! - [`load`]: latency tallies and the Argon2 bound, for the load generators.
+//! - [`otlp`]: a real OTLP/gRPC trace receiver that keeps the spans the binaries export.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
 //!   throwaway clusters a test may stop and start (or serve TLS only).
@@ -21,6 +22,7 @@
 pub mod altcha;
 pub mod http;
 pub mod load;
+pub mod otlp;
 pub mod outbox;
 pub mod pg;
 pub mod process;

@@ -12,6 +12,7 @@ mod settings;
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Args, Parser, Subcommand};
+use identity_proto::telemetry::{LogFormat, Telemetry};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -21,7 +22,6 @@ use crate::{
     clock::SystemClock,
     db,
     startup::{self, Application},
-    telemetry::{self, LogFormat},
     tokens::KeyRing,
 };
 
@@ -88,14 +88,25 @@ fn parse_secret(raw: &str) -> Result<SecretString, String> {
 impl Cli {
     /// Runs the chosen command; errors are logged and turn into a failing exit code.
     pub fn run(self) -> ExitCode {
-        telemetry::init(self.log_format);
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
         {
             Ok(runtime) => runtime,
             Err(e) => {
-                tracing::error!(error.message = %e, "cannot start the async runtime");
+                eprintln!("identity-server: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Inside the runtime: the trace exporter's channel runs on it.
+        let telemetry = {
+            let _entered = runtime.enter();
+            Telemetry::init(self.log_format, "identity-server")
+        };
+        let telemetry = match telemetry {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                tracing::error!(error.message = %e, "cannot set up the trace export; check the OTEL_EXPORTER_OTLP_* variables");
                 return ExitCode::FAILURE;
             }
         };
@@ -106,13 +117,16 @@ impl Cli {
                 Command::Serve(args) => serve(*args).await,
             }
         });
-        match result {
+        let code = match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error.message = %e, error.cause_chain = ?e, "identity-server failed");
                 ExitCode::FAILURE
             }
-        }
+        };
+        // Outside the runtime, which still runs the exporter: the last spans go out.
+        telemetry.shutdown();
+        code
     }
 }
 

@@ -2,7 +2,11 @@
 
 use diesel::{prelude::*, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use identity_proto::outbox::{AGGREGATE_USER, NOTIFY_CHANNEL};
+use identity_proto::{
+    outbox::{AGGREGATE_USER, NOTIFY_CHANNEL},
+    telemetry::TraceContext,
+};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{StoreError, schema::outbox};
@@ -10,14 +14,16 @@ use super::{StoreError, schema::outbox};
 /// A message to deliver once the surrounding transaction commits.
 #[derive(Insertable)]
 #[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
-pub struct NewMessage<'a> {
+struct NewMessage<'a> {
     pub id: Uuid,
     pub aggregate_type: &'a str,
     pub aggregate_id: &'a str,
     pub kind: &'a str,
     /// May hold secrets (a verification token and code): never log it.
     pub payload: serde_json::Value,
-    pub traceparent: Option<&'a str>,
+    /// The W3C trace context of the span that queued it, which the relay's send continues.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 impl std::fmt::Debug for NewMessage<'_> {
@@ -30,21 +36,55 @@ impl std::fmt::Debug for NewMessage<'_> {
     }
 }
 
-/// Adds `message` to the outbox within the caller's transaction and wakes the relay, whose
-/// notification PostgreSQL delivers only if, and when, that transaction commits.
+/// Adds the message to the outbox within the caller's transaction and wakes the relay, whose
+/// notification PostgreSQL delivers only if, and when, that transaction commits. The insert
+/// is the message's producer span, whose trace context the row carries to the relay.
 pub async fn enqueue(
     conn: &mut AsyncPgConnection,
-    message: &NewMessage<'_>,
+    id: Uuid,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    kind: &str,
+    payload: serde_json::Value,
 ) -> Result<(), StoreError> {
-    diesel::insert_into(outbox::table)
-        .values(message)
-        .execute(conn)
-        .await?;
-    diesel::sql_query("SELECT pg_notify($1, '')")
-        .bind::<Text, _>(NOTIFY_CHANNEL)
-        .execute(conn)
-        .await?;
-    Ok(())
+    let span = tracing::info_span!(
+        "send outbox",
+        otel.kind = "producer",
+        messaging.system = "outbox",
+        messaging.operation.type = "send",
+        messaging.destination.name = "outbox",
+        messaging.message.id = %id,
+        outbox.kind = kind,
+        db.system.name = "postgresql",
+        db.collection.name = "outbox",
+        db.operation.name = "INSERT",
+    );
+    let trace = TraceContext::of(&span);
+    let (traceparent, tracestate) = trace.map_or((None, None), |trace| {
+        (Some(trace.traceparent), trace.tracestate)
+    });
+    let message = NewMessage {
+        id,
+        aggregate_type,
+        aggregate_id,
+        kind,
+        payload,
+        traceparent,
+        tracestate,
+    };
+    async {
+        diesel::insert_into(outbox::table)
+            .values(&message)
+            .execute(conn)
+            .await?;
+        diesel::sql_query("SELECT pg_notify($1, '')")
+            .bind::<Text, _>(NOTIFY_CHANNEL)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+    .instrument(span)
+    .await
 }
 
 /// Queues `payload` as a message of `kind` about `user_id`, within the caller's transaction.
@@ -58,14 +98,11 @@ pub async fn enqueue_for_user<T: serde::Serialize>(
         .map_err(|e| StoreError::Unexpected(format!("serializing a {kind} payload: {e}")))?;
     enqueue(
         conn,
-        &NewMessage {
-            id: Uuid::now_v7(),
-            aggregate_type: AGGREGATE_USER,
-            aggregate_id: &user_id.to_string(),
-            kind,
-            payload,
-            traceparent: None,
-        },
+        Uuid::now_v7(),
+        AGGREGATE_USER,
+        &user_id.to_string(),
+        kind,
+        payload,
     )
     .await
 }

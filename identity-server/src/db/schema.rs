@@ -40,6 +40,7 @@ diesel::table! {
         lease_token -> Nullable<Uuid>,
         leased_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
     }
 }
 

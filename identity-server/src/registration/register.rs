@@ -124,7 +124,11 @@ impl Registration {
         }?;
         if outcome == Outcome::Pending {
             tracing::Span::current().record("user_id", field::display(user_id));
-            tracing::info!("user registered; verification email queued");
+            tracing::info!(
+                event = "user.registered",
+                user_id = %user_id,
+                "user registered; verification email queued"
+            );
             metrics::counter!(crate::metrics::REGISTRATIONS).increment(1);
         } else {
             tracing::info!(?outcome, "registration answered without a new account");

@@ -87,11 +87,16 @@ impl Registration {
         match &verdict {
             Ok(user_id) => {
                 tracing::Span::current().record("user_id", field::display(user_id));
-                tracing::info!("email verified; user active");
                 let proof = match &proof {
                     Proof::Token(_) => "link",
                     Proof::EmailCode { .. } => "code",
                 };
+                tracing::info!(
+                    event = "user.verified",
+                    user_id = %user_id,
+                    proof,
+                    "email verified; user active"
+                );
                 metrics::counter!(crate::metrics::VERIFICATIONS, "proof" => proof).increment(1);
             }
             Err(e) => tracing::info!(outcome = %e, "verification refused"),

@@ -137,7 +137,12 @@ impl Sessions {
             })
             .await?;
         let (access_token, access_expires_at) = self.access_token(user.id, session_id, now)?;
-        tracing::info!(session_id = %session_id, "session started");
+        tracing::info!(
+            event = "user.logged_in",
+            user_id = %user.id,
+            session_id = %session_id,
+            "session started"
+        );
         metrics::counter!(crate::metrics::LOGINS, "outcome" => "success").increment(1);
         Ok(Issued {
             user_id: user.id,

@@ -34,6 +34,7 @@
 use diesel_async::AsyncConnection;
 use time::{Duration, OffsetDateTime};
 use tracing::field;
+use uuid::Uuid;
 
 use super::{Issued, Sessions};
 use crate::{
@@ -96,7 +97,10 @@ enum Verdict {
     Issued(Issued),
     Refused,
     /// A retired token was presented again: the session was revoked.
-    Reused,
+    Reused {
+        session_id: Uuid,
+        user_id: Uuid,
+    },
 }
 
 impl Sessions {
@@ -129,11 +133,11 @@ impl Sessions {
                         session.generation
                     }
                     Presentation::Reuse => {
-                        tracing::warn!(
-                            "a retired refresh token was presented again; revoking the session"
-                        );
                         db::sessions::revoke(conn, session.id, "refresh_token_reuse", now).await?;
-                        return Ok(Verdict::Reused);
+                        return Ok(Verdict::Reused {
+                            session_id: session.id,
+                            user_id: session.user_id,
+                        });
                     }
                 };
                 Ok(Verdict::Issued(self.issue(conn, &session, generation, now).await?))
@@ -142,7 +146,16 @@ impl Sessions {
         match verdict {
             Verdict::Issued(issued) => Ok(issued),
             Verdict::Refused => Err(RefreshError::Invalid),
-            Verdict::Reused => {
+            Verdict::Reused {
+                session_id,
+                user_id,
+            } => {
+                tracing::warn!(
+                    event = "session.revoked_for_reuse",
+                    user_id = %user_id,
+                    session_id = %session_id,
+                    "a retired refresh token was presented again; session revoked"
+                );
                 metrics::counter!(crate::metrics::REFRESH_REUSE).increment(1);
                 Err(RefreshError::Invalid)
             }

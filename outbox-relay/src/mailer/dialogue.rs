@@ -72,6 +72,7 @@ impl Stage {
     /// [`Self::classify`] on the error's parts: its reply code, if any; whether it is a client
     /// error (no common AUTH mechanism, say); its text.
     fn verdict(self, code: Option<u16>, client_error: bool, text: &str) -> SendError {
+        let text = &redact_addresses(text);
         // A client error will not go better by itself either.
         let permanent = code.map_or(client_error, |code| code >= 500);
         let refused = || format!("the SMTP server refused {}: {text}", self.refused());
@@ -85,6 +86,33 @@ impl Stage {
             (false, _) => SendError::Transient(format!("at {}: {text}", self.refused())),
         }
     }
+}
+
+/// `text` with every word that holds an `@` replaced by `[address]`. Providers echo the
+/// recipient in their replies ("550 5.1.1 <ada@example.com>: Recipient address rejected"), and
+/// the reason goes to the log, the traces and the outbox row, none of which may hold an address.
+fn redact_addresses(text: &str) -> String {
+    let is_delimiter = |c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '<' | '>' | ',' | ';' | '"' | '\'' | '(' | ')' | '[' | ']'
+            )
+    };
+    let mut redacted = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (word, tail) = rest.split_at(rest.find(is_delimiter).unwrap_or(rest.len()));
+        redacted.push_str(if word.contains('@') {
+            "[address]"
+        } else {
+            word
+        });
+        let delimiter = tail.chars().next().map_or(0, char::len_utf8);
+        redacted.push_str(&tail[..delimiter]);
+        rest = &tail[delimiter..];
+    }
+    redacted
 }
 
 /// Sends one message on an open session: `MAIL FROM`, `RCPT TO` for each recipient, `DATA`,
@@ -133,6 +161,34 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_echoed_in_a_reply_are_redacted() {
+        let reason = |error: SendError| match error {
+            SendError::Transient(reason)
+            | SendError::Permanent(reason)
+            | SendError::ChannelRefused(reason) => reason,
+        };
+        let rejected = Stage::RcptTo.verdict(
+            Some(550),
+            false,
+            "permanent error (550): 5.1.1 <ada@example.com>: Recipient address rejected",
+        );
+        assert_eq!(
+            reason(rejected),
+            "the SMTP server refused the recipient (RCPT TO): permanent error (550): 5.1.1 \
+             <[address]>: Recipient address rejected"
+        );
+        let greylisted = Stage::RcptTo.verdict(
+            Some(451),
+            false,
+            "transient error (451): greylisted: grace.hopper@example.org, try later",
+        );
+        assert_eq!(
+            reason(greylisted),
+            "at the recipient (RCPT TO): transient error (451): greylisted: [address], try later"
+        );
+    }
 
     fn reply(stage: Stage, code: u16) -> SendError {
         stage.verdict(

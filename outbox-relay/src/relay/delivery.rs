@@ -4,8 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+use opentelemetry::{
+    Context,
+    trace::{SpanContext, TraceContextExt},
+};
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use tracing::{Instrument, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{Relay, dev_log::log_written_file, lease::DatabaseClock, verdict::Verdict};
@@ -18,31 +24,59 @@ use crate::{
 
 impl Relay {
     /// Delivers one message claimed under `token` by a claim issued at `claimed`, and records
-    /// the verdict.
+    /// the verdict, in the message's send span: a child of the span that queued the message,
+    /// linked to the batch's `receive` span.
     pub(super) async fn handle(
         &self,
         token: Uuid,
         claimed: Instant,
         message: Claimed,
+        receive: &SpanContext,
         stop: &watch::Receiver<bool>,
     ) {
-        let verdict = if *stop.borrow() || self.is_paused() {
-            // Not started yet: leave it for later or for another relay.
-            Verdict::PutBack(Duration::ZERO)
-        } else {
-            match self.secure_lease(token, claimed, &message).await {
-                Ok(Some(clock)) => self.deliver(&message, clock).await,
-                Ok(None) => {
-                    tracing::warn!(message.id = %message.id, "lease lost before sending; another relay owns the message now, so this one does not send it");
-                    return;
+        let span = tracing::info_span!(
+            "send email",
+            otel.kind = "consumer",
+            otel.status_code = field::Empty,
+            messaging.system = "outbox",
+            messaging.operation.type = "process",
+            messaging.operation.name = "send",
+            messaging.destination.name = "outbox",
+            messaging.message.id = %message.id,
+            outbox.kind = %message.kind,
+            outbox.attempt = message.attempts + 1,
+            outbox.outcome = field::Empty,
+        );
+        let parent = message.trace_parent();
+        if parent.is_valid() {
+            // Fails only without the OpenTelemetry layer, when there is no trace to continue.
+            let _ = span.set_parent(Context::new().with_remote_span_context(parent));
+        }
+        if receive.is_valid() {
+            span.add_link(receive.clone());
+        }
+        async {
+            let verdict = if *stop.borrow() || self.is_paused() {
+                // Not started yet: leave it for later or for another relay.
+                Verdict::PutBack(Duration::ZERO)
+            } else {
+                match self.secure_lease(token, claimed, &message).await {
+                    Ok(Some(clock)) => self.deliver(&message, clock).await,
+                    Ok(None) => {
+                        tracing::warn!(message.id = %message.id, "lease lost before sending; another relay owns the message now, so this one does not send it");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(message.id = %message.id, error.message = %e, "cannot make sure the lease covers the send; not sending, the message returns when its lease lapses");
+                        return;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(message.id = %message.id, error.message = %e, "cannot make sure the lease covers the send; not sending, the message returns when its lease lapses");
-                    return;
-                }
-            }
-        };
-        self.record(token, &message, verdict).await;
+            };
+            verdict.describe(&tracing::Span::current());
+            self.record(token, &message, verdict).await;
+        }
+        .instrument(span)
+        .await;
     }
 
     /// Makes sure the lease on `message` outlasts a delivery starting now: kept when enough of

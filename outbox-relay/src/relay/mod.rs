@@ -19,11 +19,16 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures_util::StreamExt;
+use identity_proto::telemetry;
 use lettre::message::Mailbox;
+use opentelemetry::{
+    KeyValue,
+    trace::{SpanContext, SpanKind},
+};
 use secrecy::SecretString;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -190,6 +195,7 @@ impl Relay {
                 continue;
             }
             let token = Uuid::new_v4();
+            let polled = SystemTime::now();
             match self.claim(token).await {
                 Ok((batch, _)) if batch.is_empty() => {
                     self.held_mut().remove(&token);
@@ -201,9 +207,10 @@ impl Relay {
                 }
                 Ok((batch, claimed)) => {
                     tracing::debug!(messages = batch.len(), "claimed a batch");
+                    let receive = receive_span(polled, &batch);
                     futures_util::stream::iter(batch)
                         .for_each_concurrent(self.config.concurrency, |message| {
-                            self.handle(token, claimed, message, &stop)
+                            self.handle(token, claimed, message, &receive, &stop)
                         })
                         .await;
                     self.held_mut().remove(&token);
@@ -273,4 +280,27 @@ impl Relay {
             }
         }
     }
+}
+
+/// Records the claim that found `batch` as the batch's receive span (OpenTelemetry messaging
+/// conventions), linked to the trace of each message in it, and returns its context, which
+/// each message's send span links to. A claim that finds nothing leaves no span: an idle relay
+/// polls all day.
+fn receive_span(polled: SystemTime, batch: &[Claimed]) -> SpanContext {
+    telemetry::record_finished(
+        "receive outbox",
+        SpanKind::Client,
+        polled,
+        vec![
+            KeyValue::new("messaging.system", "outbox"),
+            KeyValue::new("messaging.operation.type", "receive"),
+            KeyValue::new("messaging.operation.name", "claim"),
+            KeyValue::new("messaging.destination.name", "outbox"),
+            KeyValue::new("messaging.batch.message_count", batch.len() as i64),
+            KeyValue::new("db.system.name", "postgresql"),
+            KeyValue::new("db.collection.name", "outbox"),
+            KeyValue::new("db.operation.name", "UPDATE"),
+        ],
+        batch.iter().map(|message| message.trace_parent()),
+    )
 }

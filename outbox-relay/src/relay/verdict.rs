@@ -26,6 +26,24 @@ pub(super) enum Verdict {
     PutBack(Duration),
 }
 
+impl Verdict {
+    /// Puts the outcome on the message's send span: `outbox.outcome`, and an error status when
+    /// the message was not delivered this time because of a failure.
+    pub(super) fn describe(&self, span: &tracing::Span) {
+        let outcome = match self {
+            Self::Delivered { .. } => "delivered",
+            Self::Failed(_) => "failed",
+            Self::Dead { .. } => "dead_lettered",
+            Self::Paused(_) => "refused",
+            Self::PutBack(_) => "put_back",
+        };
+        span.record("outbox.outcome", outcome);
+        if matches!(self, Self::Failed(_) | Self::Dead { .. } | Self::Paused(_)) {
+            span.record("otel.status_code", "error");
+        }
+    }
+}
+
 impl From<SendError> for Verdict {
     fn from(error: SendError) -> Self {
         match error {

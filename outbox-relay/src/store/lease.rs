@@ -28,7 +28,8 @@ const CLAIM: &str = "UPDATE outbox
                         ORDER BY available_at, id
                         LIMIT $3
                         FOR UPDATE SKIP LOCKED))
-RETURNING id, kind, payload, attempts, created_at, now() AS claimed_at";
+RETURNING id, kind, payload, attempts, created_at, traceparent, tracestate,
+          now() AS claimed_at";
 
 /// Leases up to `limit` available messages (oldest first) for `lease`, skipping rows other
 /// relays hold locked, so replicas never claim the same message at once. A claimed message

@@ -51,9 +51,30 @@ pub struct Claimed {
     /// Failed deliveries so far.
     pub attempts: i32,
     pub created_at: OffsetDateTime,
+    /// The W3C trace context of the transaction that queued the message.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     /// The database's time when the message was claimed.
     #[diesel(sql_type = Timestamptz)]
     pub claimed_at: OffsetDateTime,
+}
+
+impl Claimed {
+    /// The span context of the transaction that queued the message, which its delivery
+    /// continues; invalid when the row carries none.
+    pub fn trace_parent(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::TraceContextExt;
+        match &self.traceparent {
+            Some(traceparent) => identity_proto::telemetry::TraceContext::parent(
+                traceparent,
+                self.tracestate.as_deref(),
+            )
+            .span()
+            .span_context()
+            .clone(),
+            None => opentelemetry::trace::SpanContext::empty_context(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Claimed {

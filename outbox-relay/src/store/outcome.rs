@@ -100,15 +100,15 @@ pub async fn dead_letter(
     let moved = diesel::sql_query(
         "WITH moved AS (DELETE FROM outbox WHERE id = $1 AND lease_token = $2 RETURNING *)
          INSERT INTO outbox_dead
-                (id, aggregate_type, aggregate_id, kind, payload, traceparent, created_at,
-                 attempts, reason)
+                (id, aggregate_type, aggregate_id, kind, payload, traceparent, tracestate,
+                 created_at, attempts, reason)
          SELECT id, aggregate_type, aggregate_id, kind,
                 CASE WHEN jsonb_typeof(payload) = 'object'
                      THEN COALESCE((SELECT jsonb_object_agg(key, value)
                                       FROM jsonb_each(payload)
                                      WHERE key = ANY($3)), '{}'::jsonb)
                      ELSE 'null'::jsonb END,
-                traceparent, created_at, attempts + $4, $5
+                traceparent, tracestate, created_at, attempts + $4, $5
            FROM moved",
     )
     .bind::<SqlUuid, _>(id)

@@ -14,6 +14,7 @@ diesel::table! {
         lease_token -> Nullable<Uuid>,
         leased_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
     }
 }
 
@@ -29,6 +30,7 @@ diesel::table! {
         attempts -> Int4,
         reason -> Text,
         dead_at -> Timestamptz,
+        tracestate -> Nullable<Text>,
     }
 }
 

@@ -212,7 +212,17 @@ impl ScriptedHandler {
     /// Counts an attempt at `stage` and answers as scripted, or with `accept`.
     fn scripted(&self, stage: Stage, recipients: &[&str], accept: Response) -> Response {
         match lock(&self.shared.script).attempt(stage, recipients) {
-            Some(code) => Response::custom(code, format!("scripted refusal at {stage:?}")),
+            // Real servers echo the recipient they refuse; the relay must not repeat it.
+            Some(code) if recipients.is_empty() => {
+                Response::custom(code, format!("scripted refusal at {stage:?}"))
+            }
+            Some(code) => Response::custom(
+                code,
+                format!(
+                    "scripted refusal at {stage:?} of <{}>",
+                    recipients.join(">, <")
+                ),
+            ),
             None => accept,
         }
     }

@@ -1,9 +1,10 @@
-//! limitbench: the cost of the rate limiter. Two identity-servers on one database, one with
-//! limits off and one with limits raised so that every call is decided against PostgreSQL and
-//! passes; Register and RefreshSession throughput on each, in alternating rounds of one run, so
-//! drift of the shared machine hits both alike.
+//! costbench: what a feature costs. Two identity-servers on one database, one with the feature
+//! off and one with it on; Register and RefreshSession throughput on each, in alternating rounds
+//! of one run, so drift of the shared machine hits both alike.
 //!
-//! `scripts/bench limits` starts both servers and runs this; see `--help` for running it against
+//! `scripts/bench limits` measures the rate limiter (on: limits raised so that every call is
+//! decided against PostgreSQL and passes); `scripts/bench observability` measures trace export
+//! and metrics. Each starts both servers and runs this; see `--help` for running it against
 //! servers of your own.
 
 use std::{
@@ -20,15 +21,24 @@ use identity_tests::load::{PASSWORD, Tally, gather, record, refresh_phase, sign_
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-/// Register and RefreshSession throughput with the rate limiter off and on, in one run.
+/// Register and RefreshSession throughput with a feature off and on, in one run.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The server with IDENTITY_RATE_LIMITING=false.
+    /// The server with the feature off.
     #[arg(long, default_value = "http://127.0.0.1:50151")]
     off: String,
-    /// The server with limits raised so every call passes (and is decided in PostgreSQL).
+    /// The server with the feature on (and every call still allowed).
     #[arg(long, default_value = "http://127.0.0.1:50152")]
     on: String,
+    /// What differs between the two, for the report.
+    #[arg(long, default_value = "limits")]
+    feature: String,
+    /// The most Register may lose with the feature on, in percent, for the report.
+    #[arg(long, default_value_t = 3.0)]
+    register_goal: f64,
+    /// The most RefreshSession may lose with the feature on, in percent, for the report.
+    #[arg(long, default_value_t = 3.0)]
+    refresh_goal: f64,
     /// The servers' (shared) database, to read verification tokens during set-up.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
@@ -50,14 +60,14 @@ static NEXT_ADDRESS: AtomicU64 = AtomicU64::new(0);
 
 fn next_address(run: &str) -> String {
     let n = NEXT_ADDRESS.fetch_add(1, Ordering::Relaxed);
-    format!("lb-{run}-{n}@limitbench.example.com")
+    format!("cb-{run}-{n}@costbench.example.com")
 }
 
 fn register_request(email: String) -> pb::RegisterRequest {
     pb::RegisterRequest {
         email,
         password: PASSWORD.into(),
-        display_name: "Limit Bench".into(),
+        display_name: "Cost Bench".into(),
         locale: "en".into(),
         ..Default::default()
     }
@@ -70,7 +80,7 @@ async fn active_user(
     run: &str,
 ) -> anyhow::Result<String> {
     let email = next_address(run);
-    sign_up_verified(channel, db, &email, "Limit Bench").await?;
+    sign_up_verified(channel, db, &email, "Cost Bench").await?;
     Ok(email)
 }
 
@@ -148,22 +158,27 @@ async fn main() -> anyhow::Result<()> {
             let mut register = register_phase(channel, &run, register_callers, run_for).await;
             let mut refresh =
                 refresh_phase(channel, &emails, args.refresh_callers, run_for).await?;
+            let feature = &args.feature;
             println!(
-                "round {round}, limits {name}: register {}",
+                "round {round}, {feature} {name}: register {}",
                 register.summary()
             );
             println!(
-                "round {round}, limits {name}: refresh  {}",
+                "round {round}, {feature} {name}: refresh  {}",
                 refresh.summary()
             );
             sums[which][0].add(&register);
             sums[which][1].add(&refresh);
         }
     }
-    for (rpc, i) in [("Register", 0), ("RefreshSession", 1)] {
+    for (rpc, i, goal) in [
+        ("Register", 0, args.register_goal),
+        ("RefreshSession", 1, args.refresh_goal),
+    ] {
         let (off, on) = (sums[0][i], sums[1][i]);
         println!(
-            "{rpc}: limits off {:.1}/s, on {:.1}/s: cost {:.1}% (goal: under 3%); refused off/on {}/{}, other errors {}/{}",
+            "{rpc}: {} off {:.1}/s, on {:.1}/s: cost {:.1}% (goal: under {goal}%); refused off/on {}/{}, other errors {}/{}",
+            args.feature,
             off.per_second(),
             on.per_second(),
             (1.0 - on.per_second() / off.per_second()) * 100.0,
