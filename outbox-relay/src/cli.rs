@@ -22,6 +22,10 @@ use delivery::DeliveryArgs;
 /// Delivers the emails identity-server queues in the outbox table: claims batches under short
 /// leases (any number of replicas may run), sends over SMTP with retries and backoff, moves
 /// undeliverable messages to outbox_dead, and loses nothing when it crashes.
+///
+/// Traces go to an OpenTelemetry collector over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT is
+/// set; the other standard OTEL_* variables apply (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER,
+/// OTEL_EXPORTER_OTLP_CERTIFICATE, ...). RUST_LOG filters the log (default: info).
 #[derive(Debug, Parser)]
 #[command(name = "outbox-relay", version, propagate_version = true)]
 pub struct Cli {

@@ -184,6 +184,10 @@ fn install(format: LogFormat, tracer: Option<SdkTracer>) {
             .with_tracer(tracer)
             .with_location(false)
             .with_threads(false)
+            // Busy and idle times would cost two clock readings per poll of every future.
+            .with_tracked_inactivity(false)
+            // Only the JSON log reads the current span's ids from the active context.
+            .with_context_activation(format == LogFormat::Json)
             .with_filter(ours)
     });
     let logs = fmt::layer().with_writer(std::io::stderr);

@@ -28,6 +28,10 @@ use crate::{
 /// gRPC identity service on PostgreSQL: sign-up with email verification, sessions (PASETO
 /// access tokens, rotating refresh tokens) and password reset. Emails are queued in a
 /// transactional outbox that outbox-relay delivers.
+///
+/// Traces go to an OpenTelemetry collector over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT is
+/// set; the other standard OTEL_* variables apply (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER,
+/// OTEL_EXPORTER_OTLP_CERTIFICATE, ...). RUST_LOG filters the log (default: info).
 #[derive(Debug, Parser)]
 #[command(name = "identity-server", version, propagate_version = true)]
 pub struct Cli {
