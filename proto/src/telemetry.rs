@@ -18,7 +18,7 @@
 //! hyper, the pool) do not flood them. Those spans' log events become span events, so what
 //! keeps secrets out of the log keeps them out of the traces too.
 
-use std::{collections::HashMap, io::IsTerminal, time::SystemTime};
+use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::SystemTime};
 
 use opentelemetry::{
     Context, KeyValue,
@@ -152,6 +152,52 @@ fn exporter(
         builder = builder.with_tls_config(tls);
     }
     builder.build()
+}
+
+/// Runs `main` to completion on a multi-threaded Tokio runtime, with logs and traces set up
+/// ([`Telemetry::init`], named `service`), and returns the process's exit code: an error is
+/// logged with its cause chain and fails it. The spans still buffered are exported before it
+/// returns.
+pub fn run<E>(
+    format: LogFormat,
+    service: &'static str,
+    main: impl Future<Output = Result<(), E>>,
+) -> ExitCode
+where
+    E: std::fmt::Display + std::fmt::Debug,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{service}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Inside the runtime: the exporter's channel runs on it.
+    let telemetry = {
+        let _entered = runtime.enter();
+        Telemetry::init(format, service)
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            tracing::error!(error.message = %e, "cannot set up the trace export; check the OTEL_EXPORTER_OTLP_* variables");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error.message = %e, error.cause_chain = ?e, "{service} failed");
+            ExitCode::FAILURE
+        }
+    };
+    // Outside the runtime's work, while it still runs the exporter: the last spans go out.
+    telemetry.shutdown();
+    code
 }
 
 /// Whether the environment asks for an OTLP export of traces.

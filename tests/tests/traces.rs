@@ -51,6 +51,18 @@ async fn register_in_callers_trace(channel: &Channel) -> String {
         .user_id
 }
 
+/// A login of `ADDRESS` with its password.
+async fn log_in(channel: &Channel) -> pb::LoginResponse {
+    SessionServiceClient::new(channel.clone())
+        .login(pb::LoginRequest {
+            email: ADDRESS.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("logs in")
+        .into_inner()
+}
+
 /// The link token and the 6-digit code of a verification email.
 fn secrets_of(mail: &identity_tests::smtp::Received) -> (String, String) {
     let text = text_part(&mail.data);
@@ -109,14 +121,7 @@ async fn one_trace_spans_register_the_commit_the_relay_claim_and_the_accepted_em
         })
         .await
         .expect("verifies");
-    let session = SessionServiceClient::new(channel)
-        .login(pb::LoginRequest {
-            email: ADDRESS.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .expect("logs in")
-        .into_inner();
+    let session = log_in(&channel).await;
 
     let register = collector
         .span(
@@ -351,14 +356,7 @@ async fn json_log_lines_carry_trace_ids_and_each_business_event_once() {
         .user_id;
     assert_eq!(user_id, registered);
     let mut sessions = SessionServiceClient::new(channel.clone());
-    let first = sessions
-        .login(pb::LoginRequest {
-            email: ADDRESS.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .expect("logs in")
-        .into_inner();
+    let first = log_in(&channel).await;
     let refresh = |token: &str| pb::RefreshSessionRequest {
         refresh_token: token.to_owned(),
     };

@@ -12,7 +12,7 @@ mod settings;
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Args, Parser, Subcommand};
-use identity_proto::telemetry::{LogFormat, Telemetry};
+use identity_proto::telemetry::{self, LogFormat};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -92,45 +92,13 @@ fn parse_secret(raw: &str) -> Result<SecretString, String> {
 impl Cli {
     /// Runs the chosen command; errors are logged and turn into a failing exit code.
     pub fn run(self) -> ExitCode {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                eprintln!("identity-server: cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // Inside the runtime: the trace exporter's channel runs on it.
-        let telemetry = {
-            let _entered = runtime.enter();
-            Telemetry::init(self.log_format, "identity-server")
-        };
-        let telemetry = match telemetry {
-            Ok(telemetry) => telemetry,
-            Err(e) => {
-                tracing::error!(error.message = %e, "cannot set up the trace export; check the OTEL_EXPORTER_OTLP_* variables");
-                return ExitCode::FAILURE;
-            }
-        };
-        let result = runtime.block_on(async {
+        telemetry::run(self.log_format, "identity-server", async move {
             match self.command {
                 Command::Migrate(args) => migrate(&args.database_url).await,
                 Command::Keygen(args) => keygen(&args.keys_dir),
                 Command::Serve(args) => serve(*args).await,
             }
-        });
-        let code = match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error.message = %e, error.cause_chain = ?e, "identity-server failed");
-                ExitCode::FAILURE
-            }
-        };
-        // Outside the runtime, which still runs the exporter: the last spans go out.
-        telemetry.shutdown();
-        code
+        })
     }
 }
 
