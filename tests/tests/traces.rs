@@ -51,6 +51,17 @@ async fn register_in_callers_trace(channel: &Channel) -> String {
         .user_id
 }
 
+/// The server span of the Register call, once the collector has it (within `timeout`).
+async fn register_span(collector: &Collector, timeout: Duration) -> ReceivedSpan {
+    collector
+        .span(
+            "identity-server",
+            "identity.v1.RegistrationService/Register",
+            timeout,
+        )
+        .await
+}
+
 /// A login of `ADDRESS` with its password.
 async fn log_in(channel: &Channel) -> pb::LoginResponse {
     SessionServiceClient::new(channel.clone())
@@ -123,13 +134,7 @@ async fn one_trace_spans_register_the_commit_the_relay_claim_and_the_accepted_em
         .expect("verifies");
     let session = log_in(&channel).await;
 
-    let register = collector
-        .span(
-            "identity-server",
-            "identity.v1.RegistrationService/Register",
-            WAIT,
-        )
-        .await;
+    let register = register_span(&collector, WAIT).await;
     let delivered = identity_tests::wait::until("the delivered email's span", WAIT, async || {
         collector.spans().into_iter().find(|span| {
             span.service == "outbox-relay"
@@ -258,13 +263,7 @@ async fn spans_still_buffered_are_exported_when_the_server_stops() {
         "{}",
         server.process.output()
     );
-    let register = collector
-        .span(
-            "identity-server",
-            "identity.v1.RegistrationService/Register",
-            Duration::from_secs(1),
-        )
-        .await;
+    let register = register_span(&collector, Duration::from_secs(1)).await;
     assert_eq!(register.trace_id, CALLER_TRACE);
 }
 
@@ -277,13 +276,7 @@ async fn spans_reach_a_collector_over_tls_that_trusts_the_given_ca() {
     env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_file));
     let server = Server::start(&env).await;
     register_in_callers_trace(&server.channel().await).await;
-    let register = collector
-        .span(
-            "identity-server",
-            "identity.v1.RegistrationService/Register",
-            WAIT,
-        )
-        .await;
+    let register = register_span(&collector, WAIT).await;
     assert_eq!(register.trace_id, CALLER_TRACE);
 }
 
