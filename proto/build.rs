@@ -1,4 +1,4 @@
-//! Compiles `identity/v1/*.proto` with protox (pure Rust, so `protoc` is not a prerequisite) and
+//! Compiles `identity/v1/*.proto` and `identity/events/v1/*.proto` with protox (pure Rust, so `protoc` is not a prerequisite) and
 //! generates tonic servers and clients, plus the encoded descriptor set that server reflection
 //! serves, and a redacting `Debug` for every message that carries text or bytes
 //! (`build/debug_impls.rs`).
@@ -8,8 +8,8 @@ use std::{env, fs, path::PathBuf};
 #[path = "build/debug_impls.rs"]
 mod debug_impls;
 
-/// The package whose messages get the redacting `Debug`.
-const PACKAGE: &str = "identity.v1";
+/// The packages whose messages get the redacting `Debug`.
+const PACKAGES: &[&str] = &["identity.v1", "identity.events.v1"];
 
 const PROTO_FILES: &[&str] = &[
     "identity/v1/user.proto",
@@ -19,6 +19,7 @@ const PROTO_FILES: &[&str] = &[
     "identity/v1/user_service.proto",
     "identity/v1/password_reset_service.proto",
     "identity/v1/challenge_service.proto",
+    "identity/events/v1/events.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,8 +41,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let descriptors = compiler.file_descriptor_set();
-    let (debug_impls, redacted_messages) = debug_impls::generate(&descriptors.file, PACKAGE)?;
-    fs::write(out_dir.join(format!("{PACKAGE}.debug.rs")), debug_impls)?;
+    let mut redacted_messages = Vec::new();
+    for package in PACKAGES {
+        let (debug_impls, redacted) = debug_impls::generate(&descriptors.file, package)?;
+        fs::write(out_dir.join(format!("{package}.debug.rs")), debug_impls)?;
+        redacted_messages.extend(redacted);
+    }
 
     tonic_prost_build::configure()
         // Messages with text or bytes fields get the generated, redacting Debug instead.

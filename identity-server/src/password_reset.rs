@@ -5,7 +5,10 @@
 use std::{sync::Arc, time::Duration as StdDuration};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use identity_proto::outbox::{EmailPasswordChangedV1, EmailPasswordResetV1};
+use identity_proto::{
+    identity::events::v1::{RevocationReason, SessionRevoked, UserPasswordChanged},
+    outbox::{EmailPasswordChangedV1, EmailPasswordResetV1},
+};
 use time::{Duration, OffsetDateTime};
 use tracing::field;
 use uuid::Uuid;
@@ -27,6 +30,8 @@ pub struct Settings {
     /// Emails one address may be sent, shared with sign-up. The notice after a completed
     /// reset is not counted: a user must always learn that their password changed.
     pub email_budget: EmailBudget,
+    /// Whether domain events are queued ([`db::outbox::Events`]).
+    pub events: db::outbox::Events,
 }
 
 impl Default for Settings {
@@ -35,6 +40,7 @@ impl Default for Settings {
             token_ttl: Duration::hours(1),
             cooldown: Duration::seconds(60),
             email_budget: EmailBudget::default(),
+            events: db::outbox::Events::default(),
         }
     }
 }
@@ -252,6 +258,21 @@ impl PasswordReset {
         }
         db::password_reset::set_password(conn, user_id, password_hash, now).await?;
         let revoked = db::password_reset::revoke_sessions(conn, user_id, now).await?;
+        let changed = UserPasswordChanged {
+            user_id: user_id.to_string(),
+            changed_at: Some(identity_proto::timestamp(now)),
+        };
+        let events = self.settings.events;
+        events.record(conn, user_id, &changed).await?;
+        for session_id in &revoked {
+            let revoked = SessionRevoked {
+                user_id: user_id.to_string(),
+                session_id: session_id.to_string(),
+                reason: RevocationReason::PasswordReset.into(),
+                revoked_at: Some(identity_proto::timestamp(now)),
+            };
+            events.record(conn, user_id, &revoked).await?;
+        }
         db::sessions::clear_failures(conn, &found.email.to_lowercase()).await?;
         let notice = EmailPasswordChangedV1 {
             recipient: found.email.clone(),
@@ -260,6 +281,6 @@ impl PasswordReset {
             changed_at: now,
         };
         db::outbox::enqueue_for_user(conn, user_id, EmailPasswordChangedV1::KIND, &notice).await?;
-        Ok(revoked)
+        Ok(revoked.len())
     }
 }

@@ -15,7 +15,7 @@ use prost_types::{
 
 /// String and bytes fields that are harmless in logs: opaque identifiers, public keys, language
 /// tags. Matched by field name in any message.
-pub const ALLOWED: &[&str] = &["user_id", "key_id", "public_key", "locale"];
+pub const ALLOWED: &[&str] = &["user_id", "session_id", "key_id", "public_key", "locale"];
 
 /// The `Debug` impls for the messages of `package` that need redacting, and the fully
 /// qualified names to pass to `skip_debug`.

@@ -147,3 +147,87 @@ mod tests {
         assert!(!debug.contains("tok-secret") && !debug.contains("123456"));
     }
 }
+
+/// A domain event, as the outbox carries it to NATS JetStream: the row's `kind` is the event's
+/// CloudEvents type (such as `identity.user.registered.v1`), its aggregate id the user the event
+/// is about, and its payload the protobuf message of [`crate::identity::events::v1`], encoded.
+/// The relay publishes those bytes as they are.
+pub trait DomainEvent: prost::Message {
+    /// The event's type, and the outbox row's `kind`.
+    const TYPE: &'static str;
+}
+
+/// The payload column of a domain event row: the encoded protobuf message, in standard base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPayload {
+    /// The message's protobuf encoding, base64 (standard alphabet, padded).
+    pub data: String,
+}
+
+impl EventPayload {
+    /// The payload of `event`.
+    pub fn of(event: &impl DomainEvent) -> Self {
+        use base64::Engine;
+        Self {
+            data: base64::engine::general_purpose::STANDARD.encode(event.encode_to_vec()),
+        }
+    }
+
+    /// The protobuf bytes to publish; an error when `data` is not base64.
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(&self.data)
+    }
+}
+
+/// Whether an outbox `kind` is a domain event's type (the `event` channel) rather than an email.
+pub fn is_event(kind: &str) -> bool {
+    kind.starts_with("identity.")
+}
+
+mod event_types {
+    use super::DomainEvent;
+    use crate::identity::events::v1::{
+        SessionRevoked, UserLoggedIn, UserPasswordChanged, UserRegistered, UserVerified,
+    };
+
+    impl DomainEvent for UserRegistered {
+        const TYPE: &'static str = "identity.user.registered.v1";
+    }
+    impl DomainEvent for UserVerified {
+        const TYPE: &'static str = "identity.user.verified.v1";
+    }
+    impl DomainEvent for UserLoggedIn {
+        const TYPE: &'static str = "identity.user.logged_in.v1";
+    }
+    impl DomainEvent for UserPasswordChanged {
+        const TYPE: &'static str = "identity.user.password_changed.v1";
+    }
+    impl DomainEvent for SessionRevoked {
+        const TYPE: &'static str = "identity.session.revoked.v1";
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use crate::identity::events::v1::UserLoggedIn;
+
+    #[test]
+    fn an_event_payload_round_trips_its_protobuf_bytes() {
+        let event = UserLoggedIn {
+            user_id: "u".into(),
+            session_id: "s".into(),
+            logged_in_at: None,
+        };
+        let payload = EventPayload::of(&event);
+        let bytes = payload.bytes().expect("base64");
+        assert_eq!(
+            <UserLoggedIn as prost::Message>::decode(bytes.as_slice()).expect("decodes"),
+            event
+        );
+        assert!(is_event(UserLoggedIn::TYPE));
+        assert!(!is_event(EmailVerificationV1::KIND));
+    }
+}

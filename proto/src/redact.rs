@@ -111,3 +111,29 @@ fn allowed_fields_enums_and_empty_fields_stay_readable() {
     };
     assert!(format!("{registered:?}").contains("PendingVerification"));
 }
+
+#[test]
+fn debug_output_of_events_hides_the_address_and_the_name_but_shows_the_ids() {
+    use crate::identity::events::v1::{UserLoggedIn, UserRegistered};
+    let registered = format!(
+        "{:?}",
+        UserRegistered {
+            user_id: "0194d0c4-user".into(),
+            email: "ada@example.com".into(),
+            display_name: "Ada Lovelace".into(),
+            locale: "en".into(),
+            registered_at: None,
+        }
+    );
+    assert_hidden(&registered);
+    assert!(registered.contains("0194d0c4-user"), "{registered}");
+    let logged_in = format!(
+        "{:?}",
+        UserLoggedIn {
+            user_id: "0194d0c4-user".into(),
+            session_id: "0194d0c4-session".into(),
+            logged_in_at: None,
+        }
+    );
+    assert!(logged_in.contains("0194d0c4-session"), "{logged_in}");
+}

@@ -194,6 +194,18 @@ pub(super) struct ServeArgs {
     )]
     pub(super) register_enumeration_safe: bool,
 
+    /// Queue domain events (identity.user.registered.v1, ...) in the outbox, in the transaction
+    /// of each change, for outbox-relay to publish to NATS JetStream. Turn it on only where a
+    /// relay runs with NATS_URL: nothing else takes them out of the outbox.
+    #[arg(
+        long,
+        env = "IDENTITY_DOMAIN_EVENTS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(super) domain_events: bool,
+
     /// Emails one address may be sent in any hour, whatever mix of Register,
     /// ResendVerificationEmail and RequestPasswordReset asks for them; past it the calls answer
     /// as usual and queue nothing.

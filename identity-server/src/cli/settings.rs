@@ -102,6 +102,9 @@ impl ServeArgs {
             self.refresh_reuse_grace_secs <= MAX_REFRESH_REUSE_GRACE_SECS,
             "the refresh reuse grace window must be at most {MAX_REFRESH_REUSE_GRACE_SECS}s"
         );
+        let events = crate::db::outbox::Events {
+            enabled: self.domain_events,
+        };
         let email_budget = EmailBudget::new(self.email_budget_per_hour, self.email_budget_per_day)
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -145,6 +148,7 @@ impl ServeArgs {
                 max_wrong_codes_per_account: self.max_wrong_codes_per_account,
                 enumeration_safe: self.register_enumeration_safe,
                 email_budget,
+                events,
                 ..registration::Settings::default()
             },
             keys: Arc::new(keys),
@@ -158,12 +162,14 @@ impl ServeArgs {
                 refresh_reuse_grace: time::Duration::seconds(
                     self.refresh_reuse_grace_secs.cast_signed(),
                 ),
+                events,
                 ..sessions::Settings::default()
             },
             password_reset: password_reset::Settings {
                 token_ttl: time::Duration::seconds(self.reset_token_ttl_secs),
                 cooldown: time::Duration::seconds(self.reset_cooldown_secs),
                 email_budget,
+                events,
             },
             challenge,
             cors_allowed_origins: self.cors_allowed_origins,

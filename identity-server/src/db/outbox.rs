@@ -3,7 +3,7 @@
 use diesel::{prelude::*, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use identity_proto::{
-    outbox::{AGGREGATE_USER, NOTIFY_CHANNEL},
+    outbox::{AGGREGATE_USER, DomainEvent, EventPayload, NOTIFY_CHANNEL},
     telemetry::TraceContext,
 };
 use tracing::Instrument;
@@ -105,4 +105,38 @@ pub async fn enqueue_for_user<T: serde::Serialize>(
         payload,
     )
     .await
+}
+
+/// Whether the use cases queue domain events (`IDENTITY_DOMAIN_EVENTS`). Only turn it on where a
+/// relay publishes them (with `NATS_URL`): nothing else takes them out of the outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Events {
+    pub enabled: bool,
+}
+
+impl Events {
+    /// Queues `event` about `user_id` within the caller's transaction, when enabled: it is
+    /// published if, and only if, that transaction commits.
+    pub async fn record<E: DomainEvent>(
+        self,
+        conn: &mut AsyncPgConnection,
+        user_id: Uuid,
+        event: &E,
+    ) -> Result<(), StoreError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let payload = serde_json::to_value(EventPayload::of(event)).map_err(|e| {
+            StoreError::Unexpected(format!("serializing a {} payload: {e}", E::TYPE))
+        })?;
+        enqueue(
+            conn,
+            Uuid::now_v7(),
+            AGGREGATE_USER,
+            &user_id.to_string(),
+            E::TYPE,
+            payload,
+        )
+        .await
+    }
 }

@@ -100,12 +100,12 @@ pub async fn set_password(
     Ok(())
 }
 
-/// Ends every live session of the user.
+/// Ends every live session of the user; returns their ids.
 pub async fn revoke_sessions(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     now: OffsetDateTime,
-) -> Result<usize, StoreError> {
+) -> Result<Vec<Uuid>, StoreError> {
     Ok(diesel::update(sessions::table)
         .filter(sessions::user_id.eq(user_id))
         .filter(sessions::revoked_at.is_null())
@@ -113,6 +113,7 @@ pub async fn revoke_sessions(
             sessions::revoked_at.eq(now),
             sessions::revoked_reason.eq("password_reset"),
         ))
-        .execute(conn)
+        .returning(sessions::id)
+        .get_results(conn)
         .await?)
 }

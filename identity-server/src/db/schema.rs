@@ -41,6 +41,8 @@ diesel::table! {
         leased_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
         tracestate -> Nullable<Text>,
+        channel -> Text,
+        seq -> Int8,
     }
 }
 

@@ -2,7 +2,6 @@ use std::sync::Arc;
 
 use identity_proto::identity::v1::{self as pb, session_service_server::SessionService};
 use secrecy::SecretString;
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
@@ -29,12 +28,7 @@ impl SessionApi {
 /// Longest password a login considers (the policy allows 256 characters of up to 4 bytes).
 const MAX_PASSWORD_BYTES: usize = 1024;
 
-pub(super) fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
-    }
-}
+pub(super) use identity_proto::timestamp;
 
 fn refresh_token(raw: &str) -> Result<RefreshToken, Status> {
     let mut violations = FieldViolations::default();

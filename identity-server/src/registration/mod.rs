@@ -48,6 +48,8 @@ pub struct Settings {
     pub enumeration_safe: bool,
     /// Emails one address may be sent, shared with password reset.
     pub email_budget: EmailBudget,
+    /// Whether domain events are queued ([`db::outbox::Events`]).
+    pub events: db::outbox::Events,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             max_wrong_codes_per_account: 15,
             enumeration_safe: true,
             email_budget: EmailBudget::default(),
+            events: db::outbox::Events::default(),
         }
     }
 }

@@ -1,7 +1,10 @@
 use std::time::Duration as StdDuration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use identity_proto::outbox::{EmailAccountExistsV1, EmailVerificationV1};
+use identity_proto::{
+    identity::events::v1::UserRegistered,
+    outbox::{EmailAccountExistsV1, EmailVerificationV1},
+};
 use time::{Duration, OffsetDateTime};
 use tracing::field;
 use uuid::Uuid;
@@ -245,6 +248,17 @@ impl Registration {
             locale: new.locale.as_ref(),
         };
         self.issue_verification(conn, &to, now).await?;
+        let registered = UserRegistered {
+            user_id: new.id.to_string(),
+            email: new.email.as_ref().to_owned(),
+            display_name: new.display_name.as_ref().to_owned(),
+            locale: new.locale.as_ref().to_owned(),
+            registered_at: Some(identity_proto::timestamp(now)),
+        };
+        self.settings
+            .events
+            .record(conn, new.id, &registered)
+            .await?;
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use identity_proto::identity::events::v1::{UserVerified, VerificationProof};
 use time::OffsetDateTime;
 use tracing::field;
 use uuid::Uuid;
@@ -137,7 +138,8 @@ impl Registration {
         if secret.expires_at <= now {
             return Ok(Err(VerifyEmailError::Expired));
         }
-        self.activate(conn, user.id, &email, now).await
+        self.activate(conn, user.id, &email, VerificationProof::Link, now)
+            .await
     }
 
     async fn verify_code(
@@ -184,7 +186,13 @@ impl Registration {
                 return Ok(Err(VerifyEmailError::Expired));
             }
             return self
-                .activate(conn, secret.user_id, email.as_ref(), now)
+                .activate(
+                    conn,
+                    secret.user_id,
+                    email.as_ref(),
+                    VerificationProof::Code,
+                    now,
+                )
                 .await;
         }
 
@@ -219,6 +227,7 @@ impl Registration {
         conn: &mut AsyncPgConnection,
         user_id: Uuid,
         email: &str,
+        proof: VerificationProof,
         now: OffsetDateTime,
     ) -> Result<Verdict, VerifyEmailError> {
         match db::users::activate(conn, user_id, now).await? {
@@ -228,6 +237,16 @@ impl Registration {
             Activation::AddressTaken => return Err(VerifyEmailError::AlreadyVerified),
         }
         db::verification::consume_all(conn, user_id, now).await?;
+        let verified = UserVerified {
+            user_id: user_id.to_string(),
+            email: email.to_owned(),
+            proof: proof.into(),
+            verified_at: Some(identity_proto::timestamp(now)),
+        };
+        self.settings
+            .events
+            .record(conn, user_id, &verified)
+            .await?;
         let removed = db::users::delete_other_pending(conn, email, user_id).await?;
         if removed > 0 {
             tracing::info!(

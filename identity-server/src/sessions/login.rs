@@ -1,5 +1,6 @@
 //! Login: checks a password, throttled per address, and starts a session.
 
+use identity_proto::identity::events::v1::UserLoggedIn;
 use std::time::Duration as StdDuration;
 
 use diesel_async::AsyncConnection;
@@ -133,6 +134,15 @@ impl Sessions {
                     },
                 )
                 .await?;
+                let logged_in = UserLoggedIn {
+                    user_id: user.id.to_string(),
+                    session_id: session_id.to_string(),
+                    logged_in_at: Some(identity_proto::timestamp(now)),
+                };
+                self.settings
+                    .events
+                    .record(conn, user.id, &logged_in)
+                    .await?;
                 Ok::<_, LoginError>(Self::new_refresh_token(conn, session_id, 0, now).await?)
             })
             .await?;

@@ -41,6 +41,8 @@ pub struct Settings {
     /// How long after a refresh token was retired by a rotation presenting it again is taken
     /// for a retry (a fresh pair) rather than reuse (revocation); see [`refresh`].
     pub refresh_reuse_grace: Duration,
+    /// Whether domain events are queued ([`crate::db::outbox::Events`]).
+    pub events: crate::db::outbox::Events,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             first_delay: StdDuration::from_secs(1),
             max_delay: StdDuration::from_secs(15 * 60),
             refresh_reuse_grace: Duration::seconds(20),
+            events: crate::db::outbox::Events::default(),
         }
     }
 }

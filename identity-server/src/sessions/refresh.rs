@@ -32,6 +32,7 @@
 //! of two concurrent refreshes of one token, the first rotates and the second is a retry.
 
 use diesel_async::AsyncConnection;
+use identity_proto::identity::events::v1::{RevocationReason, SessionRevoked};
 use time::{Duration, OffsetDateTime};
 use tracing::field;
 use uuid::Uuid;
@@ -134,6 +135,8 @@ impl Sessions {
                     }
                     Presentation::Reuse => {
                         db::sessions::revoke(conn, session.id, "refresh_token_reuse", now).await?;
+                        self.revoked(conn, &session, RevocationReason::RefreshTokenReuse, now)
+                            .await?;
                         return Ok(Verdict::Reused {
                             session_id: session.id,
                             user_id: session.user_id,
@@ -160,6 +163,26 @@ impl Sessions {
                 Err(RefreshError::Invalid)
             }
         }
+    }
+
+    /// Queues the event that `session` was revoked for `reason`.
+    async fn revoked(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        session: &LockedSession,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let revoked = SessionRevoked {
+            user_id: session.user_id.to_string(),
+            session_id: session.id.to_string(),
+            reason: reason.into(),
+            revoked_at: Some(identity_proto::timestamp(now)),
+        };
+        self.settings
+            .events
+            .record(conn, session.user_id, &revoked)
+            .await
     }
 
     /// A new refresh token of `generation` and a new access token for `session`.
@@ -191,6 +214,8 @@ impl Sessions {
         conn.transaction(async |conn| {
             if let Some(session) = db::sessions::lock_session_of(conn, &presented.hash()).await? {
                 db::sessions::revoke(conn, session.id, "logout", now).await?;
+                self.revoked(conn, &session, RevocationReason::Logout, now)
+                    .await?;
                 tracing::info!(session_id = %session.id, "session revoked");
             }
             Ok::<_, RefreshError>(())

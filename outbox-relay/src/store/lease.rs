@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::{Claimed, schema::outbox};
 
-/// Leases the oldest available messages. `available_at` moves with the lease, so one condition
+/// Leases the oldest available emails (the `email` channel; domain events are claimed on their
+/// own). `available_at` moves with the lease, so one condition
 /// on it selects what is claimable, and the index on `(available_at, id)` hands the rows over
 /// in the order wanted: the claim reads the first `$3` entries and stops, with no sort. The ids
 /// are gathered into an array first, so the update finds its rows by primary key rather than by
@@ -24,7 +25,7 @@ const CLAIM: &str = "UPDATE outbox
         leased_until = now() + make_interval(secs => $2),
         available_at = now() + make_interval(secs => $2)
   WHERE id = ANY(ARRAY(SELECT id FROM outbox
-                        WHERE available_at <= now()
+                        WHERE channel = 'email' AND available_at <= now()
                         ORDER BY available_at, id
                         LIMIT $3
                         FOR UPDATE SKIP LOCKED))
@@ -135,7 +136,10 @@ mod tests {
         let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
         let plan = plan.join("\n");
 
-        assert!(plan.contains("Index Scan using outbox_claim_idx"), "{plan}");
+        assert!(
+            plan.contains("Index Scan using outbox_email_claim_idx"),
+            "{plan}"
+        );
         assert!(!plan.contains("Sort"), "{plan}");
         assert!(!plan.contains("Seq Scan"), "{plan}");
     }

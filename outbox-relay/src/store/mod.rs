@@ -87,8 +87,8 @@ impl std::fmt::Debug for Claimed {
     }
 }
 
-/// The outbox's backlog as the database sees it: how many messages, and the age in seconds of
-/// the oldest (0 when empty).
+/// The email channel's backlog as the database sees it: how many emails, and the age in seconds
+/// of the oldest (0 when empty).
 #[derive(Debug, Clone, Copy, QueryableByName)]
 pub struct Backlog {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -102,7 +102,8 @@ pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<Backlog> {
     diesel::sql_query(
         "SELECT count(*) AS pending,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest_age_secs
-         FROM outbox",
+         FROM outbox
+         WHERE channel = 'email'",
     )
     .get_result(conn)
     .await

@@ -15,6 +15,8 @@ diesel::table! {
         leased_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
         tracestate -> Nullable<Text>,
+        channel -> Text,
+        seq -> Int8,
     }
 }
 
@@ -31,6 +33,7 @@ diesel::table! {
         reason -> Text,
         dead_at -> Timestamptz,
         tracestate -> Nullable<Text>,
+        seq -> Nullable<Int8>,
     }
 }
 
