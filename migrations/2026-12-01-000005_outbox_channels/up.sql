@@ -1,13 +1,14 @@
--- The outbox holds two channels that drain independently: emails (kind 'email.…') go to the
--- SMTP server, domain events (kind 'identity.…') to NATS JetStream. A stalled channel never
--- delays the other, so each claims through an index of its own rows only.
+-- The outbox holds two channels that drain independently: domain events (kind 'identity.…') go
+-- to NATS JetStream, everything else to the SMTP server (where an unknown kind is dead-lettered
+-- with its reason). A stalled channel never delays the other, so each claims through an index
+-- of its own rows only.
 --
 -- seq orders the events of one user as they were written: a sequence value is taken when the
 -- row is inserted, so a transaction that starts after another committed gets a larger one,
 -- whatever the clocks of the replicas that wrote them (UUID v7 ids follow those clocks).
 ALTER TABLE outbox
     ADD COLUMN channel text NOT NULL
-        GENERATED ALWAYS AS (CASE WHEN kind LIKE 'email.%' THEN 'email' ELSE 'event' END) STORED,
+        GENERATED ALWAYS AS (CASE WHEN kind LIKE 'identity.%' THEN 'event' ELSE 'email' END) STORED,
     ADD COLUMN seq bigint GENERATED ALWAYS AS IDENTITY;
 
 CREATE INDEX outbox_email_claim_idx ON outbox (available_at, id) WHERE channel = 'email';

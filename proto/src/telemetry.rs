@@ -56,7 +56,6 @@ const TRACED_CRATES: [&str; 3] = ["identity_server", "outbox_relay", "identity_p
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
-    exporting: bool,
 }
 
 impl Telemetry {
@@ -97,15 +96,7 @@ impl Telemetry {
         if exporting {
             tracing::info!("exporting traces over OTLP");
         }
-        Ok(Self {
-            provider,
-            exporting,
-        })
-    }
-
-    /// Whether spans are exported.
-    pub fn is_exporting(&self) -> bool {
-        self.exporting
+        Ok(Self { provider })
     }
 
     /// Exports the spans still buffered and stops the exporter. Blocks: call it outside the

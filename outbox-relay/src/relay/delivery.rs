@@ -24,8 +24,7 @@ use crate::{
 
 impl Relay {
     /// Delivers one message claimed under `token` by a claim issued at `claimed`, and records
-    /// the verdict, in the message's send span: a child of the span that queued the message,
-    /// linked to the batch's `receive` span.
+    /// the verdict, in the message's send span ([`send_span`]).
     pub(super) async fn handle(
         &self,
         token: Uuid,
@@ -34,49 +33,37 @@ impl Relay {
         receive: &SpanContext,
         stop: &watch::Receiver<bool>,
     ) {
-        let span = tracing::info_span!(
-            "send email",
-            otel.kind = "consumer",
-            otel.status_code = field::Empty,
-            messaging.system = "outbox",
-            messaging.operation.type = "process",
-            messaging.operation.name = "send",
-            messaging.destination.name = "outbox",
-            messaging.message.id = %message.id,
-            outbox.kind = %message.kind,
-            outbox.attempt = message.attempts + 1,
-            outbox.outcome = field::Empty,
-        );
-        let parent = message.trace_parent();
-        if parent.is_valid() {
-            // Fails only without the OpenTelemetry layer, when there is no trace to continue.
-            let _ = span.set_parent(Context::new().with_remote_span_context(parent));
-        }
-        if receive.is_valid() {
-            span.add_link(receive.clone());
-        }
-        async {
-            let verdict = if *stop.borrow() || self.is_paused() {
-                // Not started yet: leave it for later or for another relay.
-                Verdict::PutBack(Duration::ZERO)
-            } else {
-                match self.secure_lease(token, claimed, &message).await {
-                    Ok(Some(clock)) => self.deliver(&message, clock).await,
-                    Ok(None) => {
-                        tracing::warn!(message.id = %message.id, "lease lost before sending; another relay owns the message now, so this one does not send it");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(message.id = %message.id, error.message = %e, "cannot make sure the lease covers the send; not sending, the message returns when its lease lapses");
-                        return;
-                    }
+        let span = send_span(&message, receive);
+        self.deliver_and_record(token, claimed, message, stop)
+            .instrument(span)
+            .await;
+    }
+
+    async fn deliver_and_record(
+        &self,
+        token: Uuid,
+        claimed: Instant,
+        message: Claimed,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let verdict = if *stop.borrow() || self.is_paused() {
+            // Not started yet: leave it for later or for another relay.
+            Verdict::PutBack(Duration::ZERO)
+        } else {
+            match self.secure_lease(token, claimed, &message).await {
+                Ok(Some(clock)) => self.deliver(&message, clock).await,
+                Ok(None) => {
+                    tracing::warn!(message.id = %message.id, "lease lost before sending; another relay owns the message now, so this one does not send it");
+                    return;
                 }
-            };
-            verdict.describe(&tracing::Span::current());
-            self.record(token, &message, verdict).await;
-        }
-        .instrument(span)
-        .await;
+                Err(e) => {
+                    tracing::warn!(message.id = %message.id, error.message = %e, "cannot make sure the lease covers the send; not sending, the message returns when its lease lapses");
+                    return;
+                }
+            }
+        };
+        verdict.describe(&tracing::Span::current());
+        self.record(token, &message, verdict).await;
     }
 
     /// Makes sure the lease on `message` outlasts a delivery starting now: kept when enough of
@@ -152,4 +139,32 @@ impl Relay {
         )?;
         Ok((payload, rendered, email))
     }
+}
+
+/// The span of one attempt at `message` (OpenTelemetry's messaging conventions: a `process`
+/// span): a child of the span that queued the message, whose context the row carries, and
+/// linked to the claim that took it (`receive`).
+fn send_span(message: &Claimed, receive: &SpanContext) -> tracing::Span {
+    let span = tracing::info_span!(
+        "send email",
+        otel.kind = "consumer",
+        otel.status_code = field::Empty,
+        messaging.system = "outbox",
+        messaging.operation.type = "process",
+        messaging.operation.name = "send",
+        messaging.destination.name = "outbox",
+        messaging.message.id = %message.id,
+        outbox.kind = %message.kind,
+        outbox.attempt = message.attempts + 1,
+        outbox.outcome = field::Empty,
+    );
+    let parent = message.trace_parent();
+    if parent.is_valid() {
+        // Fails only without the OpenTelemetry layer, when there is no trace to continue.
+        let _ = span.set_parent(Context::new().with_remote_span_context(parent));
+    }
+    if receive.is_valid() {
+        span.add_link(receive.clone());
+    }
+    span
 }
