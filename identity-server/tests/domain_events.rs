@@ -165,26 +165,31 @@ async fn each_change_queues_its_event_in_order_and_none_holds_a_secret() {
     }
 }
 
+/// Makes the commit of any transaction that inserted an outbox row of `channel` fail.
+async fn refuse_at_commit(conn: &mut diesel_async::AsyncPgConnection, channel: &str) {
+    diesel::sql_query(format!(
+        "CREATE CONSTRAINT TRIGGER test_refuse_{channel} AFTER INSERT ON outbox
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.channel = '{channel}')
+         EXECUTE FUNCTION test_refuse()"
+    ))
+    .execute(conn)
+    .await
+    .expect("the trigger is created");
+}
+
 #[tokio::test]
 async fn a_register_that_rolls_back_queues_no_event_and_an_event_that_fails_undoes_the_register() {
     let app = TestApp::spawn_with(with_events).await;
     // Event rows fail at commit: the whole registration is undone with them.
     let mut conn = app.conn().await;
     diesel::sql_query(
-        "CREATE FUNCTION test_refuse_events() RETURNS trigger LANGUAGE plpgsql AS
-         $$ BEGIN RAISE EXCEPTION 'event refused by a test trigger'; END $$",
+        "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$",
     )
     .execute(&mut conn)
     .await
     .expect("the trigger function is created");
-    diesel::sql_query(
-        "CREATE CONSTRAINT TRIGGER test_refuse_events AFTER INSERT ON outbox
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.channel = 'event')
-         EXECUTE FUNCTION test_refuse_events()",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("the trigger is created");
+    refuse_at_commit(&mut conn, "event").await;
 
     let status = app.register(ADDRESS).await.expect_err("the commit fails");
     assert_eq!(status.code(), tonic::Code::Internal);
@@ -192,18 +197,11 @@ async fn a_register_that_rolls_back_queues_no_event_and_an_event_that_fails_undo
     assert_eq!(app.count_outbox().await, 0, "no email and no event");
 
     // The other way round: the verification email fails, and no event is left either.
-    diesel::sql_query("DROP TRIGGER test_refuse_events ON outbox")
+    diesel::sql_query("DROP TRIGGER test_refuse_event ON outbox")
         .execute(&mut conn)
         .await
         .expect("the trigger is dropped");
-    diesel::sql_query(
-        "CREATE CONSTRAINT TRIGGER test_refuse_emails AFTER INSERT ON outbox
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.channel = 'email')
-         EXECUTE FUNCTION test_refuse_events()",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("the trigger is created");
+    refuse_at_commit(&mut conn, "email").await;
     app.register(ADDRESS).await.expect_err("the commit fails");
     assert_eq!(app.count_users().await, 0, "no user");
     assert!(queued_events(&app).await.is_empty(), "no event");
