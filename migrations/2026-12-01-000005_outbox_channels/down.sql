@@ -1,4 +1,3 @@
-ALTER TABLE outbox_dead DROP COLUMN seq;
 CREATE INDEX outbox_claim_idx ON outbox (available_at, id);
 DROP INDEX outbox_event_order_idx;
 DROP INDEX outbox_event_claim_idx;

@@ -17,5 +17,3 @@ CREATE INDEX outbox_event_claim_idx ON outbox (available_at, seq) WHERE channel 
 CREATE INDEX outbox_event_order_idx ON outbox (aggregate_type, aggregate_id, seq)
     WHERE channel = 'event';
 DROP INDEX outbox_claim_idx;
-
-ALTER TABLE outbox_dead ADD COLUMN seq bigint;

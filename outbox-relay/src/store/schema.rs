@@ -33,7 +33,6 @@ diesel::table! {
         reason -> Text,
         dead_at -> Timestamptz,
         tracestate -> Nullable<Text>,
-        seq -> Nullable<Int8>,
     }
 }
 
