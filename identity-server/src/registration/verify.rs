@@ -189,7 +189,9 @@ impl Registration {
                 .activate(
                     conn,
                     secret.user_id,
-                    email.as_ref(),
+                    // The address as registered, which the event names, not as typed here.
+                    rows.get(secret.user_id)
+                        .map_or(email.as_ref(), |user| user.email.as_str()),
                     VerificationProof::Code,
                     now,
                 )
