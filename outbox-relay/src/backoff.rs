@@ -29,6 +29,12 @@ impl RetryPolicy {
         self.ceiling(failures).mul_f64(unit.clamp(0.0, 1.0))
     }
 
+    /// The longest a message may be retried before it is given up: the sum of the ceilings of
+    /// the delays between its attempts (the retry horizon).
+    pub fn horizon(&self) -> Duration {
+        (1..self.max_attempts).map(|n| self.ceiling(n)).sum()
+    }
+
     /// Whether a message that has now failed `failures` times should be given up.
     pub fn exhausted(&self, failures: i32) -> bool {
         failures >= self.max_attempts
@@ -62,6 +68,17 @@ mod tests {
         assert_eq!(p.delay(3, 0.0), Duration::ZERO);
         assert_eq!(p.delay(3, 0.5), Duration::from_secs(2));
         assert!(p.delay(3, 0.999_999) < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn the_horizon_adds_up_the_ceilings_before_the_last_attempt() {
+        // Five attempts: four delays, of at most 1, 2, 4 and 8 s.
+        assert_eq!(policy().horizon(), Duration::from_secs(15));
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..policy()
+        };
+        assert_eq!(once.horizon(), Duration::ZERO);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use crate::{
     backoff::RetryPolicy,
     email::Renderer,
+    events::EventArgs,
     health::HealthService,
     relay::{Relay, RelayConfig},
     store,
@@ -70,6 +71,9 @@ struct ServeArgs {
 
     #[command(flatten)]
     delivery: DeliveryArgs,
+
+    #[command(flatten)]
+    events: EventArgs,
 
     /// Messages claimed at once.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 64)]
@@ -133,7 +137,7 @@ struct ServeArgs {
 /// How often the backlog gauges are read from the database.
 const METRICS_SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 
-fn parse_secret(raw: &str) -> Result<SecretString, String> {
+pub(crate) fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.is_empty() {
         return Err("must not be empty".into());
     }
@@ -186,12 +190,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         refused_pause: Duration::from_secs(args.refused_pause_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
+    let publisher = args.events.publisher(&config.retry).await?;
     let relay = Arc::new(Relay::new(
         pool,
         args.database_url,
         mailer,
         renderer,
         from.clone(),
+        publisher,
         config.clone(),
     )?);
     let health = HealthService::bind(args.health_addr).await?;
@@ -205,6 +211,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         concurrency = config.concurrency,
         lease = ?config.lease,
         from = %from,
+        events = relay.publishes_events(),
         "outbox-relay started"
     );
     let health = health.spawn(Arc::clone(&relay));

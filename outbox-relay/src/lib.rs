@@ -1,4 +1,5 @@
-//! outbox-relay: drains the identity outbox to the email provider.
+//! outbox-relay: drains the identity outbox to the email provider, and domain events to NATS
+//! JetStream.
 //!
 //! - [`relay`]: the loop: claim, make sure the lease covers each send, deliver with bounded
 //!   concurrency, settle; shutdown.
@@ -7,6 +8,7 @@
 //! - [`payload`]: the kinds of message delivered: parsing a payload, its recipient, rendering it.
 //! - [`listener`]: LISTEN for new messages, reconnecting with backoff.
 //! - [`mailer`]: SMTP (lettre, pooled) or `.eml` files, and how failures are classified.
+//! - [`events`]: the NATS connection, the JetStream stream and the CloudEvents envelope.
 //! - [`email`]: templates, rendering and the MIME message of each kind of email.
 //! - [`metrics`]: the Prometheus exporter and the metric names.
 //! - [`backoff`]: retry delays (exponential, full jitter).
@@ -15,6 +17,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod email;
+pub mod events;
 pub mod health;
 pub mod listener;
 pub mod mailer;

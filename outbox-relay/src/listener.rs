@@ -13,8 +13,14 @@ use tokio::sync::{Notify, watch};
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// Listens until `stop` turns true, calling `wake.notify_one()` for every notification.
-pub async fn run(database_url: SecretString, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// Listens until `stop` turns true, calling `notify_one()` on each of `wakes` (one per channel
+/// of the relay) for every notification.
+pub async fn run(
+    database_url: SecretString,
+    wakes: Vec<Arc<Notify>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let wake = || wakes.iter().for_each(|w| w.notify_one());
     let mut retry = FIRST_RETRY;
     while !*stop.borrow() {
         match connect(&database_url).await {
@@ -24,12 +30,12 @@ pub async fn run(database_url: SecretString, wake: Arc<Notify>, mut stop: watch:
                     "listening for outbox notifications"
                 );
                 retry = FIRST_RETRY;
-                wake.notify_one();
+                wake();
                 let mut notifications = std::pin::pin!(conn.notifications_stream());
                 loop {
                     tokio::select! {
                         next = notifications.next() => match next {
-                            Some(Ok(_)) => wake.notify_one(),
+                            Some(Ok(_)) => wake(),
                             Some(Err(e)) => {
                                 tracing::warn!(error.message = %e, "outbox listener failed; reconnecting");
                                 break;

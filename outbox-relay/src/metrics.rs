@@ -15,6 +15,15 @@ pub const OLDEST_AGE: &str = "outbox_oldest_pending_age_seconds";
 pub const SENDS: &str = "outbox_sends_total";
 /// 1 while this relay pauses delivery because the SMTP server refused it, else 0.
 pub const PAUSED: &str = "outbox_relay_paused";
+/// Domain events in the outbox (waiting, or being published by some relay).
+pub const EVENTS_PENDING: &str = "outbox_events_pending";
+/// Seconds since the oldest event in the outbox was written; 0 when there is none.
+pub const EVENTS_OLDEST_AGE: &str = "outbox_events_oldest_pending_age_seconds";
+/// Settled event publications, by `type` and `result` (`published`, `duplicate`, `retry`,
+/// `dead_lettered`).
+pub const EVENTS: &str = "outbox_events_published_total";
+/// 1 while this relay's event channel pauses (NATS unreachable or failing), else 0.
+pub const EVENTS_PAUSED: &str = "outbox_events_paused";
 /// Seconds from claiming a message to the SMTP server accepting it, by `kind`.
 pub const CLAIM_TO_SEND: &str = "outbox_claim_to_send_seconds";
 
@@ -40,6 +49,14 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
         "Age of the oldest message in the outbox."
     );
     describe_counter!(SENDS, "Settled deliveries, by kind and result.");
+    describe_gauge!(EVENTS_PENDING, "Domain events in the outbox.");
+    describe_gauge!(
+        EVENTS_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest domain event in the outbox."
+    );
+    describe_counter!(EVENTS, "Settled event publications, by type and result.");
+    describe_gauge!(EVENTS_PAUSED, "1 while this relay's event channel pauses.");
     describe_gauge!(
         PAUSED,
         "1 while this relay pauses delivery after a refusal."

@@ -4,6 +4,8 @@
 //! - [`altcha`]: solves (and, knowing the key, forges) ALTCHA challenges as a client would.
 //! - [`http`]: a minimal HTTP GET, for metrics endpoints and Prometheus' API.
 //! - [`load`]: latency tallies and the Argon2 bound, for the load generators.
+//! - [`nats`]: a real nats-server with JetStream, which a test may kill and start again, and
+//!   the messages of a stream read back in order.
 //! - [`otlp`]: a real OTLP/gRPC trace receiver that keeps the spans the binaries export.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
@@ -22,6 +24,7 @@
 pub mod altcha;
 pub mod http;
 pub mod load;
+pub mod nats;
 pub mod otlp;
 pub mod outbox;
 pub mod pg;

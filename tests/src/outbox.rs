@@ -37,6 +37,26 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, prefix: &str, n: i64) -> Vec<
         .collect()
 }
 
+/// Runs `sql`, which may hold several statements (a test's setup).
+pub async fn execute(conn: &mut AsyncPgConnection, sql: &str) {
+    use diesel_async::SimpleAsyncConnection;
+    conn.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Runs the statement `sql` with `binds` as its text parameters, in order.
+pub async fn execute_with(conn: &mut AsyncPgConnection, sql: &str, binds: &[&str]) {
+    let mut query = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+    for bind in binds {
+        query = query.bind::<Text, _>(bind.to_string());
+    }
+    query
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// Wakes the relays, as a writer does when it commits.
 pub async fn notify(conn: &mut AsyncPgConnection) {
     diesel::sql_query("SELECT pg_notify('outbox', '')")

@@ -1,6 +1,9 @@
 //! Writes to the transactional outbox.
 
-use diesel::{prelude::*, sql_types::Text};
+use diesel::{
+    prelude::*,
+    sql_types::{Integer, Text},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use identity_proto::{
     outbox::{AGGREGATE_USER, DomainEvent, EventPayload, NOTIFY_CHANNEL},
@@ -107,6 +110,10 @@ pub async fn enqueue_for_user<T: serde::Serialize>(
     .await
 }
 
+/// The first half of the two-part advisory lock key of a user's events ("evnt"), apart from
+/// the other advisory locks of the database (see `email_budget`).
+const EVENT_LOCK_NAMESPACE: i32 = 0x6576_6e74;
+
 /// Whether the use cases queue domain events (`IDENTITY_DOMAIN_EVENTS`). Only turn it on where a
 /// relay publishes them (with `NATS_URL`): nothing else takes them out of the outbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,11 +136,22 @@ impl Events {
         let payload = serde_json::to_value(EventPayload::of(event)).map_err(|e| {
             StoreError::Unexpected(format!("serializing a {} payload: {e}", E::TYPE))
         })?;
+        let aggregate_id = user_id.to_string();
+        // One writer of a user's events at a time, until commit: the next transaction takes
+        // its `seq` only after this one committed, so `seq` follows commit order per user and
+        // the relay, publishing each user's lowest `seq` first, never overtakes an event that
+        // was about to commit.
+        // (Two users may share a lock, the key being a 32-bit hash: they then take turns.)
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind::<Integer, _>(EVENT_LOCK_NAMESPACE)
+            .bind::<Text, _>(&aggregate_id)
+            .execute(conn)
+            .await?;
         enqueue(
             conn,
             Uuid::now_v7(),
             AGGREGATE_USER,
-            &user_id.to_string(),
+            &aggregate_id,
             E::TYPE,
             payload,
         )

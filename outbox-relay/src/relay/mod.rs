@@ -7,9 +7,12 @@
 //! - [`delivery`]: one message: make sure the lease covers the send, render, send.
 //! - [`verdict`]: what became of a message, recorded in the outbox and the log.
 //! - [`dev_log`]: the log line for an email written to a file (development).
+//! - [`events`]: the event channel, publishing domain events to JetStream in order per user; it
+//!   runs beside the email loop, so neither channel's outage delays the other.
 
 mod delivery;
 mod dev_log;
+mod events;
 mod lease;
 mod verdict;
 
@@ -38,6 +41,7 @@ pub use lease::LeaseTooShort;
 use crate::{
     backoff::RetryPolicy,
     email::Renderer,
+    events::Publisher,
     listener,
     mailer::Mailer,
     store::{self, Claimed},
@@ -70,6 +74,8 @@ pub struct Relay {
     mailer: Mailer,
     renderer: Renderer,
     from: Mailbox,
+    /// Publishes domain events, when NATS_URL is set.
+    events: Option<Arc<Publisher>>,
     config: RelayConfig,
     budget: lease::Budget,
     /// Lease tokens of batches being processed, released at shutdown.
@@ -78,6 +84,8 @@ pub struct Relay {
     paused_until: Mutex<Option<Instant>>,
     /// Set once shutdown began.
     stopping: AtomicBool,
+    /// Set while the event channel pauses (NATS unreachable or failing).
+    events_paused: AtomicBool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -85,19 +93,22 @@ impl std::fmt::Debug for Relay {
         f.debug_struct("Relay")
             .field("mailer", &self.mailer)
             .field("from", &self.from)
+            .field("events", &self.events)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Relay {
-    /// Assembles a relay; refuses a lease that cannot cover one delivery.
+    /// Assembles a relay; refuses a lease that cannot cover one delivery. Without a
+    /// `publisher` the relay publishes no events, and leaves event rows in the outbox.
     pub fn new(
         pool: store::Pool,
         database_url: SecretString,
         mailer: Mailer,
         renderer: Renderer,
         from: Mailbox,
+        publisher: Option<Publisher>,
         config: RelayConfig,
     ) -> Result<Self, LeaseTooShort> {
         let budget = lease::Budget::new(config.lease, config.smtp_timeout)?;
@@ -107,40 +118,54 @@ impl Relay {
             mailer,
             renderer,
             from,
+            events: publisher.map(Arc::new),
             config,
             budget,
             held: Mutex::default(),
             paused_until: Mutex::default(),
             stopping: AtomicBool::new(false),
+            events_paused: AtomicBool::new(false),
         })
     }
 
     /// Relays until `shutdown` completes, then stops as the module doc says.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let wake = Arc::new(Notify::new());
+        let wake_events = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
         let listener = tokio::spawn(listener::run(
             self.database_url.clone(),
-            Arc::clone(&wake),
+            vec![Arc::clone(&wake), Arc::clone(&wake_events)],
             stopped.clone(),
         ));
-        let mut worker = tokio::spawn(Arc::clone(&self).work(wake, stopped));
+        let mut workers = tokio::task::JoinSet::new();
+        workers.spawn(Arc::clone(&self).work(wake, stopped.clone()));
+        if let Some(publisher) = &self.events {
+            workers.spawn(Arc::clone(&self).publish_events(
+                Arc::clone(publisher),
+                wake_events,
+                stopped,
+            ));
+        }
 
         tokio::select! {
             () = shutdown => tracing::info!("shutting down: no more claims; finishing in-flight sends"),
-            finished = &mut worker => {
-                finished?;
-                anyhow::bail!("the relay loop ended on its own");
+            finished = workers.join_next() => {
+                if let Some(finished) = finished {
+                    finished?;
+                }
+                anyhow::bail!("a relay loop ended on its own");
             }
         }
         self.stopping.store(true, Ordering::Relaxed);
         let _ = stop.send(true);
-        if tokio::time::timeout(self.config.shutdown_grace, &mut worker)
+        let finish = async { while workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.shutdown_grace, finish)
             .await
             .is_err()
         {
             tracing::warn!(grace = ?self.config.shutdown_grace, "in-flight sends outlived the grace period; abandoning them");
-            worker.abort();
+            workers.abort_all();
         }
         listener.abort();
         self.release_held().await;
@@ -161,14 +186,28 @@ impl Relay {
         loop {
             ticks.tick().await;
             metrics::gauge!(crate::metrics::PAUSED).set(if self.is_paused() { 1.0 } else { 0.0 });
+            metrics::gauge!(crate::metrics::EVENTS_PAUSED).set(if self.events_paused() {
+                1.0
+            } else {
+                0.0
+            });
             let Ok(mut conn) = self.pool.get().await else {
                 continue;
             };
-            if let Ok(backlog) = store::backlog(&mut conn).await {
+            if let Ok(backlog) = store::backlog(&mut conn, store::Channel::Email).await {
                 metrics::gauge!(crate::metrics::PENDING).set(backlog.pending as f64);
                 metrics::gauge!(crate::metrics::OLDEST_AGE).set(backlog.oldest_age_secs);
             }
+            if let Ok(backlog) = store::backlog(&mut conn, store::Channel::Event).await {
+                metrics::gauge!(crate::metrics::EVENTS_PENDING).set(backlog.pending as f64);
+                metrics::gauge!(crate::metrics::EVENTS_OLDEST_AGE).set(backlog.oldest_age_secs);
+            }
         }
+    }
+
+    /// Whether the relay publishes domain events (NATS_URL is set).
+    pub fn publishes_events(&self) -> bool {
+        self.events.is_some()
     }
 
     /// Whether shutdown began.

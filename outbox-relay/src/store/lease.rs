@@ -29,7 +29,7 @@ const CLAIM: &str = "UPDATE outbox
                         ORDER BY available_at, id
                         LIMIT $3
                         FOR UPDATE SKIP LOCKED))
-RETURNING id, kind, payload, attempts, created_at, traceparent, tracestate,
+RETURNING id, aggregate_id, kind, payload, attempts, created_at, traceparent, tracestate,
           now() AS claimed_at";
 
 /// Leases up to `limit` available messages (oldest first) for `lease`, skipping rows other

@@ -7,6 +7,7 @@
 //! bound as parameters), never from the relay host's: relays on hosts whose clocks disagree
 //! still agree on when a lease lapses and when a retry is due.
 
+mod events;
 mod lease;
 mod outcome;
 pub mod schema;
@@ -18,6 +19,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use events::{claim_events, complete_many};
 pub use lease::{claim, extend, release};
 pub use outcome::{complete, dead_letter, put_back, retry_later};
 use schema::outbox;
@@ -45,6 +47,8 @@ pub fn pool(
 #[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
 pub struct Claimed {
     pub id: Uuid,
+    /// Whom the message is about (a user id).
+    pub aggregate_id: String,
     pub kind: String,
     /// May hold secrets: never log it.
     pub payload: serde_json::Value,
@@ -87,8 +91,8 @@ impl std::fmt::Debug for Claimed {
     }
 }
 
-/// The email channel's backlog as the database sees it: how many emails, and the age in seconds
-/// of the oldest (0 when empty).
+/// One channel's backlog as the database sees it: how many messages, and the age in seconds of
+/// the oldest (0 when empty).
 #[derive(Debug, Clone, Copy, QueryableByName)]
 pub struct Backlog {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -97,14 +101,34 @@ pub struct Backlog {
     pub oldest_age_secs: f64,
 }
 
-/// Reads the [`Backlog`].
-pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<Backlog> {
+/// A channel of the outbox: each drains on its own, through its own claim index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Emails, to the SMTP server.
+    Email,
+    /// Domain events, to NATS JetStream.
+    Event,
+}
+
+impl Channel {
+    /// The value of the outbox's generated `channel` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Event => "event",
+        }
+    }
+}
+
+/// Reads the [`Backlog`] of `channel`.
+pub async fn backlog(conn: &mut AsyncPgConnection, channel: Channel) -> QueryResult<Backlog> {
     diesel::sql_query(
         "SELECT count(*) AS pending,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest_age_secs
          FROM outbox
-         WHERE channel = 'email'",
+         WHERE channel = $1",
     )
+    .bind::<diesel::sql_types::Text, _>(channel.as_str())
     .get_result(conn)
     .await
 }
