@@ -85,3 +85,17 @@ ensure_faketime() {
   log "installing faketime (libfaketime, for the relay clock tests)"
   apt_install faketime
 }
+
+# ensure_nats: nats-server with JetStream, which scripts/dev runs privately and the event tests
+# start on free ports (tests/src/nats.rs). From Debian's `nats-server` package (in /usr/sbin),
+# installed when missing. Sets NATS_SERVER.
+ensure_nats() {
+  NATS_SERVER=$(PATH=$PATH:/usr/sbin command -v nats-server || true)
+  if [[ -z $NATS_SERVER ]]; then
+    log "installing nats-server (domain events go to NATS JetStream)"
+    apt_install nats-server
+    NATS_SERVER=$(PATH=$PATH:/usr/sbin command -v nats-server)
+  fi
+  # shellcheck disable=SC2034 # for the caller
+  NATS_SERVER=$NATS_SERVER
+}
