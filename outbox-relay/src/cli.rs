@@ -24,6 +24,10 @@ use delivery::DeliveryArgs;
 /// leases (any number of replicas may run), sends over SMTP with retries and backoff, moves
 /// undeliverable messages to outbox_dead, and loses nothing when it crashes.
 ///
+/// With NATS_URL it also publishes the domain events in the outbox to NATS JetStream
+/// (CloudEvents, one stream, in order per user, each stored once), on a channel of its own: a
+/// NATS outage never delays an email, an SMTP outage never delays an event.
+///
 /// Traces go to an OpenTelemetry collector over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT is
 /// set; the other standard OTEL_* variables apply (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER,
 /// OTEL_EXPORTER_OTLP_CERTIFICATE, ...). RUST_LOG filters the log (default: info).

@@ -445,3 +445,56 @@ async fn a_relay_killed_again_and_again_while_publishing_loses_and_duplicates_no
         published.len()
     );
 }
+
+#[tokio::test]
+async fn with_smtp_down_events_are_published_at_once_and_the_email_waits() {
+    let mut smtp = SmtpServer::start();
+    let nats = NatsServer::start().await;
+    let server = server().await;
+    let _relay = relay_to(&server, &smtp, &nats, &[]).await;
+    smtp.stop();
+
+    let user_id = server
+        .registration()
+        .await
+        .register(register_request("ada@example.com"))
+        .await
+        .expect("registers")
+        .into_inner()
+        .user_id;
+    let published = nats.read_all(STREAM, 1, WAIT).await;
+    assert_eq!(published[0].header("ce-subject"), user_id);
+    let mut conn = server.db.connect().await;
+    assert_eq!(
+        outbox::count(&mut conn, "SELECT count(*) AS n FROM outbox WHERE channel = 'email'").await,
+        1,
+        "the email waits for the SMTP server"
+    );
+
+    smtp.restart();
+    smtp.wait_for_message_to("ada@example.com", WAIT).await;
+    outbox::drained(&mut conn, WAIT).await;
+}
+
+#[tokio::test]
+async fn a_duplicate_window_shorter_than_the_retry_horizon_is_refused_at_start_up() {
+    let server = server().await;
+    let mut env = relay::configured_env(&server.db.url);
+    env.extend([
+        ("NATS_URL", "nats://127.0.0.1:1"),
+        ("RELAY_EVENTS_DUPLICATE_WINDOW_SECS", "60"),
+    ]);
+    let output = relay::run_until_exit(&env, WAIT)
+        .await
+        .expect("the relay exits by itself");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    for named in [
+        "RELAY_EVENTS_DUPLICATE_WINDOW_SECS=60",
+        "RELAY_EVENTS_MAX_ATTEMPTS=10",
+        "511 s",
+    ] {
+        assert!(log.contains(named), "{named} missing from:\n{log}");
+    }
+}

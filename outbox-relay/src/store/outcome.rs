@@ -14,14 +14,17 @@ use uuid::Uuid;
 use super::schema::outbox;
 
 /// Payload keys a dead-lettered message keeps; everything else (tokens, codes) is dropped. An
-/// allowlist, so a new secret field is dropped without anyone remembering to.
-const SAFE_PAYLOAD_KEYS: [&str; 6] = [
+/// allowlist, so a new secret field is dropped without anyone remembering to. `data` is a domain
+/// event's protobuf message, which never holds a secret (the event tests scan every one): kept,
+/// so that a dead-lettered event can be queued again.
+const SAFE_PAYLOAD_KEYS: [&str; 7] = [
     "recipient",
     "display_name",
     "locale",
     "expires_at",
     "changed_at",
     "attempted_at",
+    "data",
 ];
 
 /// Deletes a delivered message (and the secrets in it). Returns false if the lease was lost.
