@@ -466,7 +466,11 @@ async fn with_smtp_down_events_are_published_at_once_and_the_email_waits() {
     assert_eq!(published[0].header("ce-subject"), user_id);
     let mut conn = server.db.connect().await;
     assert_eq!(
-        outbox::count(&mut conn, "SELECT count(*) AS n FROM outbox WHERE channel = 'email'").await,
+        outbox::count(
+            &mut conn,
+            "SELECT count(*) AS n FROM outbox WHERE channel = 'email'"
+        )
+        .await,
         1,
         "the email waits for the SMTP server"
     );
