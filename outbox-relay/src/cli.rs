@@ -194,7 +194,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         refused_pause: Duration::from_secs(args.refused_pause_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
-    let publisher = args.events.publisher(&config.retry).await?;
+    let publisher = args.events.publisher(&config.retry, config.lease).await?;
     let relay = Arc::new(Relay::new(
         pool,
         args.database_url,

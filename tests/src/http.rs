@@ -42,3 +42,19 @@ pub fn encode(value: &str) -> String {
         })
         .collect()
 }
+
+/// The body of `GET /metrics` at `addr`.
+pub async fn scrape(addr: &str) -> String {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of the sample whose line starts with `series` (name and labels as exposed).
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

@@ -17,9 +17,12 @@ use identity_proto::{
     outbox::{DomainEvent, EventPayload},
 };
 use identity_tests::{
+    http::{sample, scrape},
     nats::{NatsServer, Received, STREAM},
     otlp::Collector,
-    outbox, relay,
+    outbox,
+    pg::free_port,
+    relay,
     server::{PASSWORD, Server, register_request},
     smtp::{SmtpServer, text_part, token_after},
 };
@@ -480,20 +483,23 @@ async fn with_smtp_down_events_are_published_at_once_and_the_email_waits() {
     outbox::drained(&mut conn, WAIT).await;
 }
 
-#[tokio::test]
-async fn a_duplicate_window_shorter_than_the_retry_horizon_is_refused_at_start_up() {
+/// Runs the relay with `settings` besides a database and NATS (unreachable: the checks come
+/// first), expecting it to refuse to start; returns its log.
+async fn refused_start(settings: &[(&str, &str)]) -> String {
     let server = server().await;
     let mut env = relay::configured_env(&server.db.url);
-    env.extend([
-        ("NATS_URL", "nats://127.0.0.1:1"),
-        ("RELAY_EVENTS_DUPLICATE_WINDOW_SECS", "60"),
-    ]);
+    env.push(("NATS_URL", "nats://127.0.0.1:1"));
+    env.extend_from_slice(settings);
     let output = relay::run_until_exit(&env, WAIT)
         .await
         .expect("the relay exits by itself");
     assert!(!output.status.success());
-    let log = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+#[tokio::test]
+async fn a_duplicate_window_shorter_than_the_retry_horizon_is_refused_at_start_up() {
+    let log = refused_start(&[("RELAY_EVENTS_DUPLICATE_WINDOW_SECS", "60")]).await;
     for named in [
         "RELAY_EVENTS_DUPLICATE_WINDOW_SECS=60",
         "RELAY_EVENTS_MAX_ATTEMPTS=10",
@@ -501,4 +507,60 @@ async fn a_duplicate_window_shorter_than_the_retry_horizon_is_refused_at_start_u
     ] {
         assert!(log.contains(named), "{named} missing from:\n{log}");
     }
+}
+
+#[tokio::test]
+async fn an_acknowledgement_timeout_that_does_not_fit_in_the_lease_is_refused_at_start_up() {
+    let log = refused_start(&[("RELAY_NATS_TIMEOUT_SECS", "40")]).await;
+    for named in [
+        "RELAY_NATS_TIMEOUT_SECS=40",
+        "RELAY_LEASE_SECS=30",
+        "at least 42 s",
+    ] {
+        assert!(log.contains(named), "{named} missing from:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn the_relay_reports_waiting_events_and_its_pause_then_what_it_published() {
+    let smtp = SmtpServer::start();
+    let mut nats = NatsServer::start().await;
+    let server = server().await;
+    let metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let _relay = relay_to(
+        &server,
+        &smtp,
+        &nats,
+        &[("RELAY_METRICS_ADDR", metrics.as_str())],
+    )
+    .await;
+    nats.kill();
+    server.register("ada@example.com").await;
+
+    identity_tests::wait::until("a waiting event and a paused channel", WAIT, async || {
+        let exposition = scrape(&metrics).await;
+        (sample(&exposition, "outbox_events_pending") == Some(1.0)
+            && sample(&exposition, "outbox_events_paused") == Some(1.0))
+        .then_some(())
+    })
+    .await;
+
+    nats.resume().await;
+    let published = format!(
+        "outbox_events_published_total{{type=\"{}\",result=\"published\"}}",
+        UserRegistered::TYPE
+    );
+    identity_tests::wait::until(
+        "the event published and the channel running",
+        WAIT,
+        async || {
+            let exposition = scrape(&metrics).await;
+            (sample(&exposition, &published) == Some(1.0)
+                && sample(&exposition, "outbox_events_pending") == Some(0.0)
+                && sample(&exposition, "outbox_events_oldest_pending_age_seconds") == Some(0.0)
+                && sample(&exposition, "outbox_events_paused") == Some(0.0))
+            .then_some(())
+        },
+    )
+    .await;
 }

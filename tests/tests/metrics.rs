@@ -3,24 +3,13 @@
 
 use identity_proto::identity::v1 as pb;
 use identity_tests::{
-    http, pg::free_port, prometheus::Prometheus, relay, server::Server, smtp::SmtpServer,
+    http::{self, sample, scrape},
+    pg::free_port,
+    prometheus::Prometheus,
+    relay,
+    server::Server,
+    smtp::SmtpServer,
 };
-
-/// The body of `GET /metrics` at `addr`.
-async fn scrape(addr: &str) -> String {
-    let (status, body) = http::get(addr, "/metrics").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The value of the sample whose line starts with `series` (name and labels as exposed).
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
 
 #[tokio::test]
 async fn a_sign_up_shows_in_the_rpc_histogram_the_registration_counter_and_the_hashing_metrics() {

@@ -23,6 +23,9 @@ use tokio::sync::watch;
 
 use crate::backoff::RetryPolicy;
 
+/// Kept in a lease besides the acknowledgement timeout: claiming, and recording the outcome.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
 /// The settings of the event channel (all but `NATS_URL` have defaults).
 #[derive(Debug, Args)]
 pub struct EventArgs {
@@ -145,12 +148,25 @@ impl std::fmt::Debug for Publisher {
 
 impl EventArgs {
     /// The publisher, when `NATS_URL` is set; `retry` paces the retries of the emails, whose
-    /// delays events share. Settings that cannot work are refused here, at start-up; the
-    /// connection itself is made in the background.
-    pub async fn publisher(&self, retry: &RetryPolicy) -> anyhow::Result<Option<Publisher>> {
+    /// delays events share, and `lease` is how long a claim lasts. Settings that cannot work are
+    /// refused here, at start-up; the connection itself is made in the background.
+    pub async fn publisher(
+        &self,
+        retry: &RetryPolicy,
+        lease: Duration,
+    ) -> anyhow::Result<Option<Publisher>> {
         let Some(url) = &self.nats_url else {
             return Ok(None);
         };
+        let timeout = Duration::from_secs(self.nats_timeout_secs.max(1));
+        anyhow::ensure!(
+            timeout + LEASE_MARGIN <= lease,
+            "RELAY_NATS_TIMEOUT_SECS={} does not fit in RELAY_LEASE_SECS={}: a batch must be \
+             acknowledged, and settled, within its lease; the lease must be at least {} s",
+            timeout.as_secs(),
+            lease.as_secs(),
+            (timeout + LEASE_MARGIN).as_secs(),
+        );
         anyhow::ensure!(
             self.events_max_attempts > 0,
             "RELAY_EVENTS_MAX_ATTEMPTS must be positive"
@@ -174,7 +190,6 @@ impl EventArgs {
             horizon.as_secs(),
             self.events_max_attempts,
         );
-        let timeout = Duration::from_secs(self.nats_timeout_secs.max(1));
         let (connected_tx, connected) = watch::channel(false);
         let mut options = ConnectOptions::new()
             .name("outbox-relay")
