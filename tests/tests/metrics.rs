@@ -3,7 +3,7 @@
 
 use identity_proto::identity::v1 as pb;
 use identity_tests::{
-    http::{self, sample, scrape},
+    http::{sample, scrape},
     pg::free_port,
     prometheus::Prometheus,
     relay,
