@@ -15,7 +15,8 @@
 //! - [`db`]: the connection pool, migrations, queries and retried transactions.
 //! - [`tokens`]: the PASETO signing keys and access tokens.
 //! - [`grpc`]: tonic services and the one error-to-status mapping.
-//! - [`startup`]: builds and runs the server; [`health`]: liveness and readiness; [`cli`] reads
+//! - [`startup`]: builds and runs the server; [`tls`]: TLS and mutual TLS on the gRPC port,
+//!   with certificates reloaded when they change; [`health`]: liveness and readiness; [`cli`] reads
 //!   the command line (logs and traces are set up by `identity_proto::telemetry`); [`clock`]
 //!   makes time a parameter.
 
@@ -35,4 +36,5 @@ pub mod password_reset;
 pub mod registration;
 pub mod sessions;
 pub mod startup;
+pub mod tls;
 pub mod tokens;

@@ -36,6 +36,7 @@ use crate::{
     password_reset::{self, PasswordReset},
     registration::{self, Registration},
     sessions::{self, Sessions},
+    tls::{Tls, TlsSettings},
     tokens::{KeyDirectory, directory},
 };
 
@@ -57,6 +58,19 @@ impl Default for Shutdown {
             grace: Duration::from_secs(10),
         }
     }
+}
+
+/// How the gRPC port speaks: TLS or plaintext, and how long a connection may live.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// TLS (and mutual TLS) on the gRPC port; `None`: plaintext.
+    pub tls: Option<TlsSettings>,
+    /// A plaintext port serving only the health service (for probes that cannot speak TLS,
+    /// such as Kubernetes' gRPC probes); `None`: health is served on the gRPC port only.
+    pub health_addr: Option<SocketAddr>,
+    /// After this long a connection is asked to close (HTTP/2 GOAWAY), so that clients
+    /// reconnect and spread over new replicas; in-flight calls finish first.
+    pub max_connection_age: Option<Duration>,
 }
 
 /// Everything the server needs to start.
@@ -84,12 +98,17 @@ pub struct Settings {
     /// How often readiness checks the database.
     pub readiness_interval: Duration,
     pub shutdown: Shutdown,
+    pub transport: Transport,
 }
 
 /// A server bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    /// The plaintext health-only listener, when there is one.
+    health_listener: Option<TcpListener>,
+    max_connection_age: Option<Duration>,
     registration: Arc<Registration>,
     sessions: Arc<Sessions>,
     password_reset: Arc<PasswordReset>,
@@ -155,11 +174,24 @@ impl Application {
         if let Some(addr) = settings.metrics_addr {
             metrics::install(addr)?;
         }
+        let tls = settings
+            .transport
+            .tls
+            .map(Tls::load)
+            .transpose()?
+            .map(Arc::new);
         let listener = TcpListener::bind(settings.grpc_addr).await?;
         let local_addr = listener.local_addr()?;
+        let health_listener = match settings.transport.health_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
+            tls,
+            health_listener,
+            max_connection_age: settings.transport.max_connection_age,
             registration,
             sessions,
             password_reset,
@@ -248,11 +280,33 @@ impl Application {
             ),
         );
 
-        tracing::info!(grpc.addr = %self.local_addr, "identity-server listening");
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let health_only = match self.health_listener {
+            Some(listener) => {
+                tracing::info!(health.addr = %listener.local_addr()?, "health service listening (plaintext)");
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                Some(tokio::spawn(
+                    Server::builder()
+                        .add_service(health_service.clone())
+                        .serve_with_incoming(incoming),
+                ))
+            }
+            None => None,
+        };
+        tracing::info!(
+            grpc.addr = %self.local_addr,
+            tls = self.tls.is_some(),
+            mutual_tls = self.tls.as_ref().is_some_and(|tls| tls.is_mutual()),
+            "identity-server listening"
+        );
         let stopping = Arc::new(tokio::sync::Notify::new());
         let Shutdown { drain_delay, grace } = self.shutdown;
-        let serve = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(age) = self.max_connection_age {
+            // No max_connection_age_grace: with it, tonic 0.14 skips the graceful GOAWAY and
+            // cuts the connection at age + grace (tests/tests/tls.rs saw no GOAWAY).
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
             // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
             .accept_http1(true)
             // A span per call (continuing the caller's trace) and its duration.
@@ -269,8 +323,8 @@ impl Application {
             .add_service(key_service)
             .add_service(user_service)
             .add_service(password_reset_service)
-            .add_service(challenge_service)
-            .serve_with_incoming_shutdown(incoming, {
+            .add_service(challenge_service);
+        let signal = {
                 let stopping = Arc::clone(&stopping);
                 async move {
                     shutdown.await;
@@ -286,7 +340,19 @@ impl Application {
                     );
                     stopping.notify_one();
                 }
-            });
+        };
+        let mut tls_reloads = None;
+        let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match self.tls {
+                Some(tls) => {
+                    tls_reloads = Some(tokio::spawn(Arc::clone(&tls).watch()));
+                    Box::pin(router.serve_with_incoming_shutdown(tls.incoming(self.listener), signal))
+                }
+                None => {
+                    let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                }
+            };
         // Draining waits for clients to close their connections; a client that never does
         // must not keep the process alive past the grace period.
         let grace_elapsed = async {
@@ -308,6 +374,12 @@ impl Application {
             samples.abort();
         }
         key_reloads.abort();
+        if let Some(task) = tls_reloads {
+            task.abort();
+        }
+        if let Some(task) = health_only {
+            task.abort();
+        }
         served?;
         tracing::info!("identity-server stopped");
         Ok(())

@@ -25,6 +25,40 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "IDENTITY_METRICS_ADDR")]
     pub(super) metrics_addr: Option<SocketAddr>,
 
+    /// PEM certificate chain (the server's certificate first) for TLS on the gRPC port, with
+    /// IDENTITY_TLS_KEY_FILE; unset: plaintext. Read again every IDENTITY_TLS_RELOAD_SECS, so
+    /// a renewed certificate is served without a restart.
+    #[arg(long, env = "IDENTITY_TLS_CERT_FILE", value_name = "FILE", requires = "tls_key_file")]
+    pub(super) tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of IDENTITY_TLS_CERT_FILE.
+    #[arg(long, env = "IDENTITY_TLS_KEY_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    pub(super) tls_key_file: Option<PathBuf>,
+
+    /// PEM CA certificates that clients' certificates must chain to: mutual TLS, every
+    /// client must present a certificate (needs IDENTITY_TLS_CERT_FILE).
+    #[arg(
+        long,
+        env = "IDENTITY_TLS_CLIENT_CA_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    pub(super) tls_client_ca_file: Option<PathBuf>,
+
+    /// Seconds between two reads of the TLS files.
+    #[arg(long, env = "IDENTITY_TLS_RELOAD_SECS", default_value_t = 30)]
+    pub(super) tls_reload_secs: u64,
+
+    /// A plaintext address serving only the health service (grpc.health.v1), for probes that
+    /// cannot speak TLS (Kubernetes' gRPC probes), e.g. 0.0.0.0:50052; unset: none.
+    #[arg(long, env = "IDENTITY_HEALTH_ADDR")]
+    pub(super) health_addr: Option<SocketAddr>,
+
+    /// Seconds after which a client connection is asked to close (HTTP/2 GOAWAY; calls in
+    /// flight finish first), so that long-lived connections spread over new replicas; 0: never.
+    #[arg(long, env = "IDENTITY_MAX_CONNECTION_AGE_SECS", default_value_t = 300)]
+    pub(super) max_connection_age_secs: u64,
+
     /// Apply pending migrations before serving.
     #[arg(long)]
     pub(super) migrate: bool,

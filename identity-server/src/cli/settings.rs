@@ -16,6 +16,7 @@ use crate::{
     hashing::HashingConfig,
     janitor, password_reset, registration, sessions,
     startup::{self, Settings},
+    tls::TlsSettings,
     tokens::{KeyDirectory, Rotation, TokenSettings},
 };
 
@@ -194,6 +195,20 @@ impl ServeArgs {
             shutdown: startup::Shutdown {
                 drain_delay: Duration::from_secs(self.shutdown_drain_delay_secs),
                 grace: Duration::from_secs(self.shutdown_grace_secs),
+            },
+            transport: startup::Transport {
+                tls: match (self.tls_cert_file, self.tls_key_file) {
+                    (Some(cert), Some(key)) => Some(TlsSettings {
+                        cert,
+                        key,
+                        client_ca: self.tls_client_ca_file,
+                        reload_interval: Duration::from_secs(self.tls_reload_secs.max(1)),
+                    }),
+                    _ => None,
+                },
+                health_addr: self.health_addr,
+                max_connection_age: (self.max_connection_age_secs > 0)
+                    .then(|| Duration::from_secs(self.max_connection_age_secs)),
             },
         })
     }

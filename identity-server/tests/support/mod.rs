@@ -97,6 +97,7 @@ impl TestApp {
             janitor: identity_server::janitor::Settings::default(),
             abuse: identity_server::abuse::Settings::default(),
             readiness_interval: Duration::from_secs(5),
+            transport: identity_server::startup::Transport::default(),
             shutdown: identity_server::startup::Shutdown {
                 drain_delay: Duration::ZERO,
                 grace: Duration::from_secs(10),

@@ -1,6 +1,7 @@
 //! Shared by the end-to-end test files that include it (`mod support;`): a private CA of the
 //! test's own, made with `rcgen` (a dev-dependency only), that issues server certificates for
-//! the test SMTP server's implicit TLS and for a TLS-only PostgreSQL.
+//! the test SMTP server's implicit TLS, a TLS-only PostgreSQL and identity-server's TLS, and
+//! client certificates for mutual TLS.
 
 #![allow(dead_code)] // Each test file uses its own subset.
 
@@ -54,6 +55,17 @@ impl TestCa {
     pub fn server_tls(&self, names: &[&str]) -> ServerTls {
         let (cert_pem, key_pem) = issue(&self.issuer, names);
         ServerTls { cert_pem, key_pem }
+    }
+
+    /// A certificate for `names` signed by this CA and its key, both PEM (a server's, or a
+    /// client's for mutual TLS).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        issue(&self.issuer, names)
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
     }
 
     /// The CA certificate, PEM, for `RELAY_SMTP_CA_FILE`, `sslrootcert` or any client.
