@@ -325,34 +325,35 @@ impl Application {
             .add_service(password_reset_service)
             .add_service(challenge_service);
         let signal = {
-                let stopping = Arc::clone(&stopping);
-                async move {
-                    shutdown.await;
-                    tracing::info!(
-                        ?drain_delay,
-                        "shutting down: reporting NOT_SERVING, still serving during the drain delay"
-                    );
-                    health.shutting_down().await;
-                    tokio::time::sleep(drain_delay).await;
-                    tracing::info!(
-                        ?grace,
-                        "drain delay over: no longer accepting connections, draining in-flight calls"
-                    );
-                    stopping.notify_one();
-                }
+            let stopping = Arc::clone(&stopping);
+            async move {
+                shutdown.await;
+                tracing::info!(
+                    ?drain_delay,
+                    "shutting down: reporting NOT_SERVING, still serving during the drain delay"
+                );
+                health.shutting_down().await;
+                tokio::time::sleep(drain_delay).await;
+                tracing::info!(
+                    ?grace,
+                    "drain delay over: no longer accepting connections, draining in-flight calls"
+                );
+                stopping.notify_one();
+            }
         };
         let mut tls_reloads = None;
-        let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-            match self.tls {
-                Some(tls) => {
-                    tls_reloads = Some(tokio::spawn(Arc::clone(&tls).watch()));
-                    Box::pin(router.serve_with_incoming_shutdown(tls.incoming(self.listener), signal))
-                }
-                None => {
-                    let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-                    Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-                }
-            };
+        let serve: std::pin::Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match self.tls {
+            Some(tls) => {
+                tls_reloads = Some(tokio::spawn(Arc::clone(&tls).watch()));
+                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(self.listener), signal))
+            }
+            None => {
+                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+        };
         // Draining waits for clients to close their connections; a client that never does
         // must not keep the process alive past the grace period.
         let grace_elapsed = async {

@@ -206,8 +206,9 @@ fn configure(material: &Material, settings: &TlsSettings) -> anyhow::Result<Arc<
         (Some(pem), Some(path)) => {
             let mut roots = RootCertStore::empty();
             for ca in CertificateDer::pem_slice_iter(pem) {
-                let ca = ca
-                    .map_err(|e| anyhow::anyhow!("IDENTITY_TLS_CLIENT_CA_FILE {}: {e}", named(path)))?;
+                let ca = ca.map_err(|e| {
+                    anyhow::anyhow!("IDENTITY_TLS_CLIENT_CA_FILE {}: {e}", named(path))
+                })?;
                 roots.add(ca).map_err(|e| {
                     anyhow::anyhow!("IDENTITY_TLS_CLIENT_CA_FILE {}: {e}", named(path))
                 })?;

@@ -28,11 +28,21 @@ pub(super) struct ServeArgs {
     /// PEM certificate chain (the server's certificate first) for TLS on the gRPC port, with
     /// IDENTITY_TLS_KEY_FILE; unset: plaintext. Read again every IDENTITY_TLS_RELOAD_SECS, so
     /// a renewed certificate is served without a restart.
-    #[arg(long, env = "IDENTITY_TLS_CERT_FILE", value_name = "FILE", requires = "tls_key_file")]
+    #[arg(
+        long,
+        env = "IDENTITY_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
     pub(super) tls_cert_file: Option<PathBuf>,
 
     /// PEM private key of IDENTITY_TLS_CERT_FILE.
-    #[arg(long, env = "IDENTITY_TLS_KEY_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "IDENTITY_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
     pub(super) tls_key_file: Option<PathBuf>,
 
     /// PEM CA certificates that clients' certificates must chain to: mutual TLS, every
