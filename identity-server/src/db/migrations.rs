@@ -7,7 +7,14 @@
 //! holds it with `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 1953068153`
 //! (the key's low 32 bits; its high 32 bits are `classid` 1768187246).
 
-use diesel::{RunQueryDsl, sql_types::BigInt};
+use std::collections::HashSet;
+
+use diesel::{
+    QueryResult, QueryableByName, RunQueryDsl,
+    migration::MigrationSource,
+    pg::Pg,
+    sql_types::{BigInt, Bool, Text},
+};
 use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use identity_proto::pg::Connector;
@@ -42,14 +49,48 @@ pub async fn run_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
 
 /// The versions of migrations that are embedded but not applied. Waits while another process
 /// applies migrations, so it reports the outcome rather than a half-way state.
+///
+/// It only reads the ledger (diesel's harness would create it when missing, which the server's
+/// role may not do): a database without one has every migration pending.
 pub async fn pending_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
     under_migration_lock(url, |conn| {
-        let pending = conn
-            .pending_migrations(MIGRATIONS)
+        let applied = applied_versions(conn)
             .map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
-        Ok(pending.iter().map(|m| m.name().to_string()).collect())
+        let embedded = MigrationSource::<Pg>::migrations(&MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("reading embedded migrations: {e}"))?;
+        Ok(embedded
+            .iter()
+            .filter(|m| !applied.contains(&m.name().version().to_string()))
+            .map(|m| m.name().to_string())
+            .collect())
     })
     .await
+}
+
+#[derive(QueryableByName)]
+struct Applied {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = Bool)]
+    exists: bool,
+}
+
+/// The versions in diesel's ledger, none when there is no ledger yet.
+fn applied_versions(conn: &mut SyncConnection) -> QueryResult<HashSet<String>> {
+    let ledger = diesel::sql_query(
+        "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS exists",
+    )
+    .get_result::<Exists>(conn)?;
+    if !ledger.exists {
+        return Ok(HashSet::new());
+    }
+    let applied: Vec<Applied> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(conn)?;
+    Ok(applied.into_iter().map(|row| row.version).collect())
 }
 
 /// Opens a connection (TLS as `url` says, no session timeouts: a migration may take long),
