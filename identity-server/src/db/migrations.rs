@@ -81,10 +81,9 @@ struct Exists {
 
 /// The versions in diesel's ledger, none when there is no ledger yet.
 fn applied_versions(conn: &mut SyncConnection) -> QueryResult<HashSet<String>> {
-    let ledger = diesel::sql_query(
-        "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS exists",
-    )
-    .get_result::<Exists>(conn)?;
+    let ledger =
+        diesel::sql_query("SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS exists")
+            .get_result::<Exists>(conn)?;
     if !ledger.exists {
         return Ok(HashSet::new());
     }
