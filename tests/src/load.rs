@@ -15,6 +15,15 @@ use identity_proto::identity::v1::{
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 
+/// The `p`th percentile of `sorted` latencies, in milliseconds (nearest rank).
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank].as_secs_f64() * 1000.0
+}
+
 /// What one phase saw.
 #[derive(Debug, Default)]
 pub struct Tally {

@@ -50,6 +50,25 @@ pub async fn start_writing_files(db_url: &str, dir: &Path, extra: &[(&str, &str)
     spawn(db_url, &[("RELAY_DEV_MAIL_DIR", dir)], extra).await
 }
 
+/// Starts the relay next to the running benchmark (the release build under `scripts/bench`) on
+/// `db_url` sending to `smtp_url`, with its own defaults (batch, concurrency, lease) but a free
+/// health port, so several run side by side; `extra` adds settings.
+pub async fn start_for_bench(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Process {
+    let mut env = configured_env(db_url);
+    env.retain(|(key, _)| *key != "SMTP_URL");
+    env.extend([
+        ("SMTP_URL", smtp_url),
+        ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
+        ("RUST_LOG", "info"),
+    ]);
+    env.extend_from_slice(extra);
+    let mut relay = Process::spawn("outbox-relay", &["serve"], &env);
+    relay
+        .wait_for_line("outbox-relay started", Duration::from_secs(30))
+        .await;
+    relay
+}
+
 /// Runs the built relay with only `env` (plus `RUST_LOG`) set and waits for it to exit by
 /// itself; `None` if it was still running after `timeout` (it is killed then).
 pub async fn run_until_exit(env: &[(&str, &str)], timeout: Duration) -> Option<Output> {

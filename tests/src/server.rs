@@ -160,6 +160,34 @@ impl Server {
             .unwrap_or_else(|e| panic!("registering {email} failed: {e:?}"));
     }
 
+    /// Registers `email` and verifies it with the link's token from the email `smtp` received
+    /// (a relay must be delivering to it); returns the user id.
+    pub async fn register_and_verify(&self, smtp: &crate::smtp::SmtpServer, email: &str) -> String {
+        let mut registration = self.registration().await;
+        let user_id = registration
+            .register(register_request(email))
+            .await
+            .unwrap_or_else(|e| panic!("registering {email} failed: {e:?}"))
+            .into_inner()
+            .user_id;
+        let mail = smtp
+            .wait_for_message_to(email, std::time::Duration::from_secs(60))
+            .await;
+        let token = crate::smtp::token_after(
+            &crate::smtp::text_part(&mail.data),
+            "https://app.example.com/verify?token=",
+        );
+        registration
+            .verify_email(identity_proto::identity::v1::VerifyEmailRequest {
+                proof: Some(
+                    identity_proto::identity::v1::verify_email_request::Proof::Token(token),
+                ),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("verifying {email} failed: {e:?}"));
+        user_id
+    }
+
     /// The verification emails still in the outbox for `recipient`, oldest first.
     pub async fn emails_to(&self, recipient: &str) -> Vec<EmailVerificationV1> {
         #[derive(QueryableByName)]

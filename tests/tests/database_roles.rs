@@ -13,8 +13,8 @@ use identity_tests::{
     outbox,
     pg::{TestDb, admin_url},
     process, relay,
-    server::{PASSWORD, Server, register_request},
-    smtp::{SmtpServer, text_part, token_after},
+    server::{PASSWORD, Server},
+    smtp::SmtpServer,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -146,22 +146,7 @@ async fn the_relay_role_cannot_read_users_and_the_system_runs_with_three_roles()
     .await;
     let nats_url = nats.url();
     let _relay = relay::start(&relay_url, &smtp.url(), &[("NATS_URL", nats_url.as_str())]).await;
-    let mut registration = server.registration().await;
-    registration
-        .register(register_request("ada@example.com"))
-        .await
-        .expect("registers");
-    let mail = smtp.wait_for_message_to("ada@example.com", WAIT).await;
-    let token = token_after(
-        &text_part(&mail.data),
-        "https://app.example.com/verify?token=",
-    );
-    registration
-        .verify_email(pb::VerifyEmailRequest {
-            proof: Some(pb::verify_email_request::Proof::Token(token)),
-        })
-        .await
-        .expect("verifies");
+    server.register_and_verify(&smtp, "ada@example.com").await;
     let mut sessions = SessionServiceClient::new(server.channel().await);
     let session = sessions
         .login(pb::LoginRequest {

@@ -62,26 +62,6 @@ fn decode<E: DomainEvent + Default>(message: &Received) -> E {
     E::decode(message.data.as_slice()).expect("decodes with the generated type")
 }
 
-/// Registers `email` and verifies it with the link's token from its email.
-async fn register_and_verify(server: &Server, smtp: &SmtpServer, email: &str) -> String {
-    let mut registration = server.registration().await;
-    let user_id = registration
-        .register(register_request(email))
-        .await
-        .expect("registers")
-        .into_inner()
-        .user_id;
-    let mail = smtp.wait_for_message_to(email, WAIT).await;
-    let token = token_after(&text_part(&mail.data), VERIFY_LINK);
-    registration
-        .verify_email(pb::VerifyEmailRequest {
-            proof: Some(pb::verify_email_request::Proof::Token(token)),
-        })
-        .await
-        .expect("verifies");
-    user_id
-}
-
 #[tokio::test]
 async fn a_users_life_is_published_as_cloudevents_in_order_with_no_secret_in_them() {
     let smtp = SmtpServer::start();
@@ -311,7 +291,7 @@ async fn with_nats_down_emails_flow_at_once_and_every_event_follows_in_order_whe
     let mut users = HashMap::new();
     for n in 0..USERS {
         let email = format!("user{n}@example.com");
-        let user_id = register_and_verify(&server, &smtp, &email).await;
+        let user_id = server.register_and_verify(&smtp, &email).await;
         SessionServiceClient::new(channel.clone())
             .login(pb::LoginRequest {
                 email: email.clone(),

@@ -26,10 +26,11 @@ use identity_proto::{
     outbox::{DomainEvent, EventPayload},
 };
 use identity_tests::{
+    load::percentile_ms,
     nats::{NatsServer, STREAM},
     outbox,
     pg::TestDb,
-    process::Process,
+    relay,
     smtp::SmtpServer,
     wait,
 };
@@ -54,40 +55,6 @@ struct Args {
     /// Events sent one by one for the latency figures.
     #[arg(long, default_value_t = 300)]
     latency_samples: usize,
-}
-
-async fn start_relay(db_url: &str, smtp_url: &str, nats_url: &str, batch_size: &str) -> Process {
-    let mut relay = Process::spawn(
-        "outbox-relay",
-        &["serve"],
-        &[
-            ("DATABASE_URL", db_url),
-            ("NATS_URL", nats_url),
-            ("RELAY_BATCH_SIZE", batch_size),
-            // The email channel must be configured; it stays idle here.
-            ("SMTP_URL", smtp_url),
-            ("EMAIL_FROM", "Bench <bench@example.com>"),
-            ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
-            (
-                "VERIFY_URL_TEMPLATE",
-                "https://app.example.com/verify?token={token}",
-            ),
-            (
-                "RESET_URL_TEMPLATE",
-                "https://app.example.com/reset?token={token}",
-            ),
-            ("RUST_LOG", "info"),
-        ],
-    );
-    relay
-        .wait_for_line("outbox-relay started", Duration::from_secs(30))
-        .await;
-    relay
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank].as_secs_f64() * 1000.0
 }
 
 /// Inserts `n` events of `users` new users in one statement (user `i % users` owns the `i`th
@@ -150,7 +117,13 @@ async fn main() -> anyhow::Result<()> {
     let nats = NatsServer::start().await;
     let db = TestDb::create().await;
     let batch_size = args.batch_size.to_string();
-    let mut relay = start_relay(&db.url, &smtp.url(), &nats.url(), &batch_size).await;
+    let nats_url = nats.url();
+    let mut relay = relay::start_for_bench(
+        &db.url,
+        &smtp.url(),
+        &[("NATS_URL", &nats_url), ("RELAY_BATCH_SIZE", &batch_size)],
+    )
+    .await;
     let mut conn = AsyncPgConnection::establish(&db.url).await?;
     // One valid payload for every row: the relay does not compare its user id with the row's.
     let payload = serde_json::to_string(&EventPayload::of(&UserLoggedIn {
@@ -236,10 +209,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "events: commit to JetStream ack, idle, {} samples: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal: p50 < 20 ms)",
         latencies.len(),
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 90.0),
-        percentile(&latencies, 99.0),
-        percentile(&latencies, 100.0)
+        percentile_ms(&latencies, 50.0),
+        percentile_ms(&latencies, 90.0),
+        percentile_ms(&latencies, 99.0),
+        percentile_ms(&latencies, 100.0)
     );
     Ok(())
 }

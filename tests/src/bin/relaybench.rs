@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use identity_tests::{outbox, pg::TestDb, process::Process, smtp::SmtpServer, wait};
+use identity_tests::{load::percentile_ms, outbox, pg::TestDb, relay, smtp::SmtpServer, wait};
 
 /// Measure outbox-relay: idle latency from commit to SMTP acceptance, and backlog drain rate
 /// with one and with two relays.
@@ -27,38 +27,6 @@ struct Args {
     backlog: i64,
 }
 
-async fn start_relay(db_url: &str, smtp_url: &str) -> Process {
-    let mut relay = Process::spawn(
-        "outbox-relay",
-        &["serve"],
-        &[
-            ("DATABASE_URL", db_url),
-            ("SMTP_URL", smtp_url),
-            ("EMAIL_FROM", "Bench <bench@example.com>"),
-            // Several relays run side by side: each picks a free port for its health service.
-            ("RELAY_HEALTH_ADDR", "127.0.0.1:0"),
-            (
-                "VERIFY_URL_TEMPLATE",
-                "https://app.example.com/verify?token={token}",
-            ),
-            (
-                "RESET_URL_TEMPLATE",
-                "https://app.example.com/reset?token={token}",
-            ),
-            ("RUST_LOG", "info"),
-        ],
-    );
-    relay
-        .wait_for_line("outbox-relay started", Duration::from_secs(30))
-        .await;
-    relay
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank].as_secs_f64() * 1000.0
-}
-
 /// Drains a backlog of `n` with `replicas` relays; returns emails per second.
 async fn drain(db: &TestDb, smtp: &SmtpServer, replicas: usize, n: i64, prefix: &str) -> f64 {
     let mut conn = db.connect().await;
@@ -66,7 +34,7 @@ async fn drain(db: &TestDb, smtp: &SmtpServer, replicas: usize, n: i64, prefix: 
     outbox::enqueue(&mut conn, prefix, n).await;
     let mut relays = Vec::new();
     for _ in 0..replicas {
-        relays.push(start_relay(&db.url, &smtp.url()).await);
+        relays.push(relay::start_for_bench(&db.url, &smtp.url(), &[]).await);
     }
     let expected = before + usize::try_from(n).unwrap_or(usize::MAX);
     wait::until(
@@ -91,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDb::create().await;
 
     // 1. Latency when idle.
-    let mut relay = start_relay(&db.url, &smtp.url()).await;
+    let mut relay = relay::start_for_bench(&db.url, &smtp.url(), &[]).await;
     let mut conn = AsyncPgConnection::establish(&db.url).await?;
     let mut latencies = Vec::with_capacity(args.latency_samples);
     for i in 0..args.latency_samples {
@@ -119,9 +87,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "idle latency, commit to SMTP accepted, {} emails one at a time: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goals: p50 < 20 ms, p99 < 100 ms)",
         latencies.len(),
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0),
-        percentile(&latencies, 100.0)
+        percentile_ms(&latencies, 50.0),
+        percentile_ms(&latencies, 99.0),
+        percentile_ms(&latencies, 100.0)
     );
 
     // 2. Throughput.
