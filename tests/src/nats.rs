@@ -19,11 +19,33 @@ pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
     process: Option<Process>,
+    tls: Option<NatsTls>,
+}
+
+/// TLS for a [`NatsServer`]: its certificate and key, and the CA that signed both it and the
+/// client certificate the server then requires (mutual TLS); PEM files the test wrote.
+#[derive(Debug, Clone)]
+pub struct NatsTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A client certificate and key from the same CA, for the test's own connections.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl NatsServer {
     /// Starts nats-server with JetStream on a free port, and returns once it accepts clients.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts nats-server requiring TLS and a client certificate from `tls.ca`.
+    pub async fn start_tls(tls: NatsTls) -> Self {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<NatsTls>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("identity-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
@@ -31,14 +53,16 @@ impl NatsServer {
             port: free_port().expect("a free port"),
             dir,
             process: None,
+            tls,
         };
         server.resume().await;
         server
     }
 
-    /// The URL clients connect to.
+    /// The URL clients connect to (`tls://` when the server requires TLS).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (SIGKILL, as a crash); its store stays for [`Self::resume`].
@@ -53,20 +77,38 @@ impl NatsServer {
         assert!(self.process.is_none(), "the server is running");
         let port = self.port.to_string();
         let store = self.dir.display().to_string();
-        let mut process = Process::spawn_program(
-            program(),
-            &["-js", "-sd", &store, "-a", "127.0.0.1", "-p", &port],
-            &[],
-        );
+        let mut args: Vec<String> = ["-js", "-sd", &store, "-a", "127.0.0.1", "-p", &port]
+            .map(str::to_owned)
+            .to_vec();
+        if let Some(tls) = &self.tls {
+            for (flag, file) in [
+                ("--tlscert", &tls.cert),
+                ("--tlskey", &tls.key),
+                ("--tlscacert", &tls.ca),
+            ] {
+                args.extend([flag.to_owned(), file.display().to_string()]);
+            }
+            args.push("--tlsverify".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = Process::spawn_program(program(), &args, &[]);
         process
             .wait_for_line("Server is ready", Duration::from_secs(30))
             .await;
         self.process = Some(process);
     }
 
-    /// A JetStream context on a fresh connection.
+    /// A JetStream context on a fresh connection (with the client certificate under TLS).
     pub async fn jetstream(&self) -> jetstream::Context {
-        let client = async_nats::connect(self.url())
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(tls) = &self.tls {
+            options = options
+                .add_root_certificates(tls.ca.clone())
+                .add_client_certificate(tls.client_cert.clone(), tls.client_key.clone())
+                .require_tls(true);
+        }
+        let client = options
+            .connect(self.url())
             .await
             .expect("connects to nats-server");
         jetstream::new(client)

@@ -1,6 +1,8 @@
 //! Domain events end to end: the built server (with `IDENTITY_DOMAIN_EVENTS=true`) and relay
 //! (with `NATS_URL`), PostgreSQL, the SMTP server, and a real nats-server with JetStream.
 
+mod support;
+
 use std::{collections::HashMap, time::Duration};
 
 use identity_proto::{
@@ -18,7 +20,7 @@ use identity_proto::{
 };
 use identity_tests::{
     http::{sample, scrape},
-    nats::{NatsServer, Received, STREAM},
+    nats::{NatsServer, NatsTls, Received, STREAM},
     otlp::Collector,
     outbox,
     pg::free_port,
@@ -543,4 +545,53 @@ async fn the_relay_reports_waiting_events_and_its_pause_then_what_it_published()
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn events_reach_a_nats_server_that_requires_tls_and_a_client_certificate() {
+    let ca = support::TestCa::new();
+    let dir = std::env::temp_dir().join(format!(
+        "identity-nats-tls-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("writes a PEM file");
+        path
+    };
+    let (server_cert, server_key) = ca.issue(&["127.0.0.1"]);
+    let (client_cert, client_key) = ca.issue(&["outbox-relay"]);
+    let tls = NatsTls {
+        ca: write("ca.crt", &ca.ca_pem()),
+        cert: write("server.crt", &server_cert),
+        key: write("server.key", &server_key),
+        client_cert: write("client.crt", &client_cert),
+        client_key: write("client.key", &client_key),
+    };
+    let nats = NatsServer::start_tls(tls.clone()).await;
+    assert!(nats.url().starts_with("tls://"));
+    let smtp = SmtpServer::start();
+    let server = server().await;
+    let (ca_file, cert_file, key_file) = (
+        tls.ca.display().to_string(),
+        tls.client_cert.display().to_string(),
+        tls.client_key.display().to_string(),
+    );
+    let _relay = relay_to(
+        &server,
+        &smtp,
+        &nats,
+        &[
+            ("NATS_CA_FILE", ca_file.as_str()),
+            ("NATS_CLIENT_CERT", cert_file.as_str()),
+            ("NATS_CLIENT_KEY", key_file.as_str()),
+        ],
+    )
+    .await;
+
+    server.register("ada@example.com").await;
+    let published = nats.read_all(STREAM, 1, WAIT).await;
+    assert_eq!(published[0].header("ce-type"), UserRegistered::TYPE);
+    let _ = std::fs::remove_dir_all(&dir);
 }
