@@ -124,11 +124,13 @@ fn read_key(path: &Path) -> Result<AsymmetricSecretKey<V4>, KeyError> {
         return Err(malformed("it is not a regular file"));
     }
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    // Group read is allowed: Kubernetes gives a non-root pod its Secret files that way (mode
+    // 440, the group being the pod's fsGroup). Others reading, or the group writing, is not.
+    if mode & 0o027 != 0 {
         tracing::warn!(
             file = %path.display(),
             mode = %format_args!("{mode:o}"),
-            "a signing key is readable by other users; make it mode 600"
+            "a signing key is readable by other users; make it mode 600 (or 440 for the pod's group)"
         );
     }
     if metadata.len() > MAX_FILE_BYTES {
