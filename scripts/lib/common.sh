@@ -99,3 +99,25 @@ ensure_nats() {
   # shellcheck disable=SC2034 # for the caller
   NATS_SERVER=$NATS_SERVER
 }
+
+# ensure_nginx: nginx, the load balancer (grpc_pass over HTTP/2) in front of two identity-server
+# replicas in the multi-replica drill (tests/tests/drill.rs, scripts/drill). From Debian's
+# `nginx` package (/usr/sbin/nginx, with the gRPC and HTTP/2 modules), installed when missing;
+# the package is kept from starting a system-wide nginx on port 80, as pg_ensure_binaries does
+# for PostgreSQL (the tests run their own, on free ports). Sets NGINX.
+ensure_nginx() {
+  NGINX=$(PATH=$PATH:/usr/sbin command -v nginx || true)
+  if [[ -z $NGINX ]]; then
+    log "installing nginx (the drill's load balancer in front of two replicas)"
+    # invoke-rc.d asks policy-rc.d; exit code 101 means "action forbidden". (Remove ours after.)
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [[ $EUID -eq 0 && ! -e $policy ]]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=1
+    fi
+    apt_install nginx || { [[ $ours -eq 0 ]] || rm -f "$policy"; die "apt-get install nginx failed"; }
+    [[ $ours -eq 0 ]] || rm -f "$policy"
+    NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
+  fi
+  # shellcheck disable=SC2034 # for the caller
+  NGINX=$NGINX
+}

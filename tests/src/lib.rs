@@ -6,6 +6,8 @@
 //! - [`load`]: latency tallies and the Argon2 bound, for the load generators.
 //! - [`nats`]: a real nats-server with JetStream, which a test may kill and start again, and
 //!   the messages of a stream read back in order.
+//! - [`nginx`]: a real nginx load-balancing gRPC (`grpc_pass`, HTTP/2) across replicas, with
+//!   an access log naming the upstream(s) of each call.
 //! - [`otlp`]: a real OTLP/gRPC trace receiver that keeps the spans the binaries export.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
@@ -25,6 +27,7 @@ pub mod altcha;
 pub mod http;
 pub mod load;
 pub mod nats;
+pub mod nginx;
 pub mod otlp;
 pub mod outbox;
 pub mod pg;
