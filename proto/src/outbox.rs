@@ -155,6 +155,8 @@ mod tests {
 pub trait DomainEvent: prost::Message {
     /// The event's type, and the outbox row's `kind`.
     const TYPE: &'static str;
+    /// The protobuf message's full name (CloudEvents' `dataschema`).
+    const MESSAGE: &'static str;
 }
 
 /// The payload column of a domain event row: the encoded protobuf message, in standard base64.
@@ -186,27 +188,37 @@ pub fn is_event(kind: &str) -> bool {
     kind.starts_with("identity.")
 }
 
-mod event_types {
-    use super::DomainEvent;
-    use crate::identity::events::v1::{
-        SessionRevoked, UserLoggedIn, UserPasswordChanged, UserRegistered, UserVerified,
-    };
+/// Each event's message and type, in one list: the [`DomainEvent`] impls and [`message_of`].
+macro_rules! domain_events {
+    ($($message:ident => $type:literal,)*) => {
+        mod event_types {
+            use super::DomainEvent;
+            use crate::identity::events::v1::{$($message),*};
+            $(
+                impl DomainEvent for $message {
+                    const TYPE: &'static str = $type;
+                    const MESSAGE: &'static str =
+                        concat!("identity.events.v1.", stringify!($message));
+                }
+            )*
+        }
 
-    impl DomainEvent for UserRegistered {
-        const TYPE: &'static str = "identity.user.registered.v1";
-    }
-    impl DomainEvent for UserVerified {
-        const TYPE: &'static str = "identity.user.verified.v1";
-    }
-    impl DomainEvent for UserLoggedIn {
-        const TYPE: &'static str = "identity.user.logged_in.v1";
-    }
-    impl DomainEvent for UserPasswordChanged {
-        const TYPE: &'static str = "identity.user.password_changed.v1";
-    }
-    impl DomainEvent for SessionRevoked {
-        const TYPE: &'static str = "identity.session.revoked.v1";
-    }
+        /// The protobuf message's full name of the event type `kind`, if it is one.
+        pub fn message_of(kind: &str) -> Option<&'static str> {
+            match kind {
+                $($type => Some(concat!("identity.events.v1.", stringify!($message))),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+domain_events! {
+    UserRegistered => "identity.user.registered.v1",
+    UserVerified => "identity.user.verified.v1",
+    UserLoggedIn => "identity.user.logged_in.v1",
+    UserPasswordChanged => "identity.user.password_changed.v1",
+    SessionRevoked => "identity.session.revoked.v1",
 }
 
 #[cfg(test)]
@@ -229,5 +241,16 @@ mod event_tests {
         );
         assert!(is_event(UserLoggedIn::TYPE));
         assert!(!is_event(EmailVerificationV1::KIND));
+    }
+
+    #[test]
+    fn each_event_type_names_its_protobuf_message() {
+        use crate::identity::events::v1::SessionRevoked;
+        assert_eq!(UserLoggedIn::MESSAGE, "identity.events.v1.UserLoggedIn");
+        assert_eq!(
+            message_of(SessionRevoked::TYPE),
+            Some("identity.events.v1.SessionRevoked")
+        );
+        assert_eq!(message_of(EmailVerificationV1::KIND), None);
     }
 }

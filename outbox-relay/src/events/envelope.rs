@@ -81,8 +81,8 @@ pub fn envelope(event: &Claimed, source: &str) -> Result<Envelope, String> {
     headers.insert("ce-subject", event.aggregate_id.as_str());
     headers.insert("ce-time", time);
     headers.insert("content-type", CONTENT_TYPE);
-    if let Some(schema) = schema(&event.kind) {
-        headers.insert("ce-dataschema", schema);
+    if let Some(message) = identity_proto::outbox::message_of(&event.kind) {
+        headers.insert("ce-dataschema", message);
     }
     if let Some(traceparent) = &event.traceparent {
         headers.insert("ce-traceparent", traceparent.as_str());
@@ -94,20 +94,6 @@ pub fn envelope(event: &Claimed, source: &str) -> Result<Envelope, String> {
         subject: format!("{}.{}", event.kind, event.aggregate_id),
         headers,
         data: data.into(),
-    })
-}
-
-/// The protobuf message of each event type.
-fn schema(kind: &str) -> Option<&'static str> {
-    use identity_proto::identity::events::v1 as e;
-    use identity_proto::outbox::DomainEvent as _;
-    Some(match kind {
-        e::UserRegistered::TYPE => "identity.events.v1.UserRegistered",
-        e::UserVerified::TYPE => "identity.events.v1.UserVerified",
-        e::UserLoggedIn::TYPE => "identity.events.v1.UserLoggedIn",
-        e::UserPasswordChanged::TYPE => "identity.events.v1.UserPasswordChanged",
-        e::SessionRevoked::TYPE => "identity.events.v1.SessionRevoked",
-        _ => return None,
     })
 }
 
@@ -166,7 +152,7 @@ mod tests {
         assert_eq!(header("content-type").as_deref(), Some(CONTENT_TYPE));
         assert_eq!(
             header("ce-dataschema").as_deref(),
-            Some("identity.events.v1.UserLoggedIn")
+            Some(UserLoggedIn::MESSAGE)
         );
         assert_eq!(header("ce-traceparent"), row.traceparent);
         let decoded = <UserLoggedIn as prost::Message>::decode(envelope.data.as_ref())
