@@ -1,4 +1,5 @@
-//! The event channel's claim, which keeps each user's events in order, and its batch settlement.
+//! The event channel's claim, which keeps each user's events in order (its batch settlement is
+//! [`super::complete_many`]).
 //!
 //! **Order per user.** A claim takes only each user's earliest event still in the outbox (by
 //! `seq`, which identity-server assigns in commit order per user): while that event is leased,
@@ -11,13 +12,12 @@ use std::time::Duration;
 
 use diesel::{
     QueryResult,
-    prelude::*,
     sql_types::{BigInt, Double, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{Claimed, schema::outbox};
+use super::Claimed;
 
 /// Leases the oldest available events whose user has no earlier event in the outbox. The
 /// `NOT EXISTS` probe reads `outbox_event_order_idx`; a row another relay holds locked is skipped,
@@ -54,29 +54,13 @@ pub async fn claim_events(
         .await
 }
 
-/// Deletes the published events `ids` still leased under `lease_token`, in one statement;
-/// returns how many were.
-pub async fn complete_many(
-    conn: &mut AsyncPgConnection,
-    ids: &[Uuid],
-    lease_token: Uuid,
-) -> QueryResult<usize> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    diesel::delete(outbox::table)
-        .filter(outbox::id.eq_any(ids))
-        .filter(outbox::lease_token.eq(lease_token))
-        .execute(conn)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use diesel::sql_types::Array;
     use identity_tests::pg::TestDb;
 
     use super::*;
+    use crate::store::complete_many;
 
     /// Queues events for `users`, `per_user` each, interleaved as concurrent users would write
     /// them.

@@ -19,9 +19,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use events::{claim_events, complete_many};
+pub use events::claim_events;
 pub use lease::{claim, extend, release};
-pub use outcome::{complete, dead_letter, put_back, retry_later};
+pub use outcome::{complete, complete_many, dead_letter, put_back, retry_later};
 use schema::outbox;
 
 /// The connection pool.

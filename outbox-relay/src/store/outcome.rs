@@ -33,12 +33,24 @@ pub async fn complete(
     id: Uuid,
     lease_token: Uuid,
 ) -> QueryResult<bool> {
-    let deleted = diesel::delete(outbox::table)
-        .filter(outbox::id.eq(id))
+    Ok(complete_many(conn, &[id], lease_token).await? == 1)
+}
+
+/// Deletes the delivered or published messages `ids` still leased under `lease_token`, in one
+/// statement; returns how many were.
+pub async fn complete_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    lease_token: Uuid,
+) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::delete(outbox::table)
+        .filter(outbox::id.eq_any(ids))
         .filter(outbox::lease_token.eq(lease_token))
         .execute(conn)
-        .await?;
-    Ok(deleted == 1)
+        .await
 }
 
 /// Records a failed attempt and makes the message available again `delay` from now.
