@@ -219,3 +219,114 @@ async fn with_events_off_only_emails_are_queued() {
     assert!(queued_events(&app).await.is_empty());
     assert_eq!(app.count_outbox().await, 1, "the verification email");
 }
+
+/// Runs `sql` on `conn` (transaction control, here: diesel's transaction closure cannot stay
+/// open while another connection acts).
+async fn run(conn: &mut diesel_async::AsyncPgConnection, sql: &str) {
+    diesel::sql_query(sql)
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The `seq` of each of `user`'s event rows committed so far, in order.
+async fn committed_seqs(conn: &mut diesel_async::AsyncPgConnection, user: uuid::Uuid) -> Vec<i64> {
+    use schema::outbox::dsl as o;
+    o::outbox
+        .filter(o::aggregate_id.eq(user.to_string()))
+        .order(o::seq.asc())
+        .select(o::seq)
+        .load(conn)
+        .await
+        .expect("the outbox is readable")
+}
+
+#[tokio::test]
+async fn a_users_next_event_waits_until_the_transaction_of_the_earlier_one_commits() {
+    use identity_server::db::outbox::Events;
+    let db = identity_tests::pg::TestDb::create().await;
+    let events = Events { enabled: true };
+    let user = uuid::Uuid::now_v7();
+    let logged_in = move |session: u128| events::UserLoggedIn {
+        user_id: user.to_string(),
+        session_id: uuid::Uuid::from_u128(session).to_string(),
+        logged_in_at: None,
+    };
+
+    // The first transaction writes its event and stays open.
+    let mut first = db.connect().await;
+    run(&mut first, "BEGIN").await;
+    events
+        .record(&mut first, user, &logged_in(1))
+        .await
+        .expect("the first event");
+
+    // A second transaction of the same user: without turns it would take a later seq and
+    // commit first, and the relay, seeing only it, would publish it before the first.
+    let mut second = db.connect().await;
+    let mut second_tx = tokio::spawn(async move {
+        run(&mut second, "BEGIN").await;
+        events
+            .record(&mut second, user, &logged_in(2))
+            .await
+            .expect("the second event");
+        run(&mut second, "COMMIT").await;
+    });
+    let mut observer = db.connect().await;
+    let waiting = identity_tests::wait::until(
+        "the second transaction to wait for the user's lock",
+        std::time::Duration::from_secs(30),
+        async || {
+            let waiting = identity_tests::outbox::count(
+                &mut observer,
+                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .await;
+            (waiting > 0).then_some(())
+        },
+    );
+    tokio::select! {
+        finished = &mut second_tx => panic!(
+            "the second transaction committed while the first was open ({finished:?}): its \
+             event could be published before the first"
+        ),
+        () = waiting => {}
+    }
+    assert!(
+        committed_seqs(&mut observer, user).await.is_empty(),
+        "nothing of the user is visible yet, so nothing can be published"
+    );
+
+    run(&mut first, "COMMIT").await;
+    second_tx.await.expect("the second transaction commits");
+    let seqs = committed_seqs(&mut observer, user).await;
+    assert_eq!(seqs.len(), 2);
+    let sessions: Vec<String> = {
+        use schema::outbox::dsl as o;
+        let payloads: Vec<serde_json::Value> = o::outbox
+            .filter(o::aggregate_id.eq(user.to_string()))
+            .order(o::seq.asc())
+            .select(o::payload)
+            .load(&mut observer)
+            .await
+            .expect("the outbox is readable");
+        payloads
+            .into_iter()
+            .map(|payload| {
+                let payload: EventPayload = serde_json::from_value(payload).expect("an event");
+                let bytes = payload.bytes().expect("base64");
+                <events::UserLoggedIn as prost::Message>::decode(bytes.as_slice())
+                    .expect("decodes")
+                    .session_id
+            })
+            .collect()
+    };
+    assert_eq!(
+        sessions,
+        [
+            uuid::Uuid::from_u128(1).to_string(),
+            uuid::Uuid::from_u128(2).to_string()
+        ],
+        "seq follows commit order"
+    );
+}
