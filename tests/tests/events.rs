@@ -594,3 +594,45 @@ async fn events_reach_a_nats_server_that_requires_tls_and_a_client_certificate()
     assert_eq!(published[0].header("ce-type"), UserRegistered::TYPE);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_event_that_can_never_be_published_is_dead_lettered_and_the_users_next_one_follows() {
+    let smtp = SmtpServer::start();
+    let nats = NatsServer::start().await;
+    let server = server().await;
+    let mut conn = server.db.connect().await;
+    // A user's first event row holds no event (a poison row), the second a real one.
+    let user = uuid::Uuid::now_v7().to_string();
+    let event = UserLoggedIn {
+        user_id: user.clone(),
+        session_id: uuid::Uuid::now_v7().to_string(),
+        logged_in_at: None,
+    };
+    let good = serde_json::to_value(EventPayload::of(&event))
+        .expect("json")
+        .to_string();
+    for payload in [r#"{"recipient": "ada@example.com"}"#, good.as_str()] {
+        outbox::execute_with(
+            &mut conn,
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload)
+             VALUES (gen_random_uuid(), 'user', $1, $2, $3::jsonb)",
+            &[&user, UserLoggedIn::TYPE, payload],
+        )
+        .await;
+    }
+    let _relay = relay_to(&server, &smtp, &nats, &[]).await;
+
+    let published = nats.read_all(STREAM, 1, WAIT).await;
+    assert_eq!(decode::<UserLoggedIn>(&published[0]), event);
+    outbox::drained(&mut conn, WAIT).await;
+    let dead = outbox::dead_letters(&mut conn).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].kind, UserLoggedIn::TYPE);
+    assert!(
+        dead[0].reason.contains("not an event"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].attempts, 0, "never tried: no attempt counted");
+    assert_eq!(nats.stream_len(STREAM).await, 1);
+}

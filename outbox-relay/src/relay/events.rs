@@ -314,3 +314,38 @@ fn publish_span(started: SystemTime, batch: &[Claimed], outcomes: &[Outcome]) {
         batch.iter().map(Claimed::trace_parent),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(kind: PublishErrorKind) -> &'static str {
+        match judge(&PublishError::new(kind)) {
+            Ok(Outcome::Failed(_)) => "retry",
+            Ok(Outcome::Dead(_)) => "dead",
+            Ok(_) => "other outcome",
+            Err(ChannelFault::NoStream(_)) => "channel: no stream",
+            Err(ChannelFault::Other(_)) => "channel",
+        }
+    }
+
+    #[test]
+    fn failures_of_the_channel_count_for_no_event_and_an_oversized_one_is_dead_at_once() {
+        // No answer, a lost connection, a full acknowledgement window: the channel's fault.
+        for kind in [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::MaxAckPending,
+        ] {
+            assert_eq!(judged(kind), "channel");
+        }
+        assert_eq!(
+            judged(PublishErrorKind::StreamNotFound),
+            "channel: no stream"
+        );
+        // JetStream refused this message: retried, then dead-lettered at the attempt limit.
+        assert_eq!(judged(PublishErrorKind::Other), "retry");
+        // Never fits: no retry would help.
+        assert_eq!(judged(PublishErrorKind::MaxPayloadExceeded), "dead");
+    }
+}
