@@ -17,6 +17,8 @@
 //! - [`reflection`]: lists the services a server announces over gRPC reflection.
 //! - [`relay`]: `outbox-relay` started for tests.
 //! - [`server`]: `identity-server` migrated and serving on a free port.
+//! - [`statements`]: the SQL statements a call makes the server run, counted by PostgreSQL
+//!   (`pg_stat_statements` on a throwaway cluster), to compare paths that must look alike.
 //! - [`smtp`]: a real SMTP server over TCP (or implicit TLS) that records what it accepts,
 //!   answers each stage of the dialogue as a test scripts it (451 twice, then accept; 550 to
 //!   `MAIL FROM`; 554 after the data), can require AUTH, closes idle sessions with 421 when told
@@ -37,4 +39,5 @@ pub mod reflection;
 pub mod relay;
 pub mod server;
 pub mod smtp;
+pub mod statements;
 pub mod wait;

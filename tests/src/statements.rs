@@ -1,0 +1,116 @@
+//! The SQL statements a call makes the server run, counted by PostgreSQL itself
+//! (`pg_stat_statements`, on a throwaway cluster of the test's own), so that a test can assert
+//! that two paths a caller must not tell apart run exactly the same statements.
+
+use std::collections::BTreeMap;
+
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Text},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::pg::{Cluster, TestDb};
+
+/// A throwaway PostgreSQL server that counts every statement, and one migrated database on it.
+#[derive(Debug)]
+pub struct StatementCounter {
+    /// The database a server under test should use.
+    pub db: TestDb,
+    _cluster: Cluster,
+}
+
+/// Statements run, by their normalized text (constants replaced by `$n`), with how many times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statements(pub BTreeMap<String, i64>);
+
+impl Statements {
+    /// How many statements ran in all.
+    pub fn total(&self) -> i64 {
+        self.0.values().sum()
+    }
+}
+
+impl std::fmt::Display for Statements {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (query, calls) in &self.0 {
+            writeln!(f, "{calls:>4} × {}", query.split_whitespace().collect::<Vec<_>>().join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    query: String,
+    #[diesel(sql_type = BigInt)]
+    calls: i64,
+}
+
+impl StatementCounter {
+    /// Starts a cluster with `pg_stat_statements` loaded and creates a migrated database on it.
+    pub async fn start() -> Self {
+        let cluster = Cluster::start().expect("a throwaway cluster starts");
+        let mut admin = AsyncPgConnection::establish(&cluster.url())
+            .await
+            .expect("connects to the throwaway cluster");
+        diesel::sql_query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+            .execute(&mut admin)
+            .await
+            .expect("configures pg_stat_statements");
+        drop(admin);
+        cluster.stop().expect("the cluster stops");
+        cluster.resume().expect("the cluster starts again");
+        let db = TestDb::create_on(&cluster.url())
+            .await
+            .expect("a database on the throwaway cluster");
+        let mut conn = db.connect().await;
+        diesel::sql_query("CREATE EXTENSION pg_stat_statements")
+            .execute(&mut conn)
+            .await
+            .expect("creates the extension");
+        Self {
+            db,
+            _cluster: cluster,
+        }
+    }
+
+    /// The statements run against the database while `call` runs (by anyone: keep background
+    /// work out of the way). Utility statements count too; ending a savepoint is one statement
+    /// whether it is released or rolled back, and the readiness probe's `SELECT 1` is left out.
+    pub async fn during<T>(&self, call: impl AsyncFnOnce() -> T) -> (T, Statements) {
+        let mut conn = self.db.connect().await;
+        diesel::sql_query("SELECT pg_stat_statements_reset()")
+            .execute(&mut conn)
+            .await
+            .expect("resets the counts");
+        let outcome = call().await;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT query, calls FROM pg_stat_statements
+              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND query NOT LIKE '%pg_stat_statements%'",
+        )
+        .load(&mut conn)
+        .await
+        .expect("reads the counts");
+        let mut statements = BTreeMap::new();
+        for row in rows {
+            let query = normalize(&row.query);
+            if query != "SELECT $1" {
+                *statements.entry(query).or_default() += row.calls;
+            }
+        }
+        (outcome, Statements(statements))
+    }
+}
+
+fn normalize(query: &str) -> String {
+    let query = query.trim();
+    for end in ["RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT "] {
+        if let Some(name) = query.strip_prefix(end) {
+            return format!("(end of) SAVEPOINT {name}");
+        }
+    }
+    query.to_owned()
+}
