@@ -3,10 +3,11 @@
 
 mod delivery;
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use identity_proto::pg::SessionTimeouts;
+use identity_proto::secret;
 use identity_proto::telemetry::{self, LogFormat};
 use secrecy::SecretString;
 
@@ -51,6 +52,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Relay outbox messages until SIGINT or SIGTERM.
+    ///
+    /// Secrets as files: each secret (DATABASE_URL, SMTP_URL, NATS_URL, NATS_TOKEN) can instead
+    /// be given as NAME_FILE (e.g. DATABASE_URL_FILE, --database-url-file), the path of a file
+    /// holding it, such as a mounted Secret: read once at start-up, one line ending at its end
+    /// dropped. Prefer it: a variable's value stays readable in /proc/<pid>/environ and in crash
+    /// dumps, and a flag's is shown by `ps` to every local user.
     Serve(Box<ServeArgs>),
 }
 
@@ -60,8 +67,13 @@ struct ServeArgs {
     /// postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/relay/db-ca.pem.
     /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
     /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
-    database_url: SecretString,
+    /// Required, as this or DATABASE_URL_FILE.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret::parse)]
+    database_url: Option<SecretString>,
+
+    /// A file holding the PostgreSQL URL, instead of DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE", value_name = "FILE")]
+    database_url_file: Option<PathBuf>,
 
     /// Milliseconds any one SQL statement may run (PostgreSQL statement_timeout, set on every
     /// pooled connection; not on the LISTEN connection).
@@ -141,13 +153,6 @@ struct ServeArgs {
 /// How often the backlog gauges are read from the database.
 const METRICS_SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 
-pub(crate) fn parse_secret(raw: &str) -> Result<SecretString, String> {
-    if raw.is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(SecretString::from(raw))
-}
-
 impl Cli {
     /// Runs the chosen command; errors are logged and turn into a failing exit code.
     pub fn run(self) -> ExitCode {
@@ -159,7 +164,12 @@ impl Cli {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    let database_url = secret::require(
+        "DATABASE_URL",
+        args.database_url.take(),
+        args.database_url_file.as_deref(),
+    )?;
     anyhow::ensure!(args.batch_size > 0, "the batch size must be positive");
     anyhow::ensure!(args.concurrency > 0, "the concurrency must be positive");
     anyhow::ensure!(args.max_attempts > 0, "the attempt limit must be positive");
@@ -174,7 +184,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("RELAY_DB_STATEMENT_TIMEOUT_MS / RELAY_DB_LOCK_TIMEOUT_MS: {e}")
     })?;
     let pool = store::pool(
-        &args.database_url,
+        &database_url,
         concurrency + 2,
         Duration::from_secs(5),
         session,
@@ -197,7 +207,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let publisher = args.events.publisher(&config.retry, config.lease).await?;
     let relay = Arc::new(Relay::new(
         pool,
-        args.database_url,
+        database_url,
         mailer,
         renderer,
         from.clone(),

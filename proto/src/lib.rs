@@ -8,6 +8,8 @@
 //! - [`pg`] (feature `postgres`): how both binaries connect to PostgreSQL (TLS after libpq's
 //!   `sslmode`, session timeouts, the pool). Shared the same way, and behind a feature so API
 //!   clients do not pull a database driver.
+//! - [`secret`] (feature `secrets`): secret settings given directly or as a file (`NAME_FILE`),
+//!   read once at start-up; both binaries' command lines use it.
 //! - [`telemetry`] (feature `telemetry`): both binaries' logs and OpenTelemetry traces, and the
 //!   W3C trace context an outbox row carries from the writer to the relay.
 //!
@@ -21,6 +23,8 @@ pub mod outbox;
 pub mod pg;
 #[cfg(test)]
 mod redact;
+#[cfg(feature = "secrets")]
+pub mod secret;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 

@@ -67,15 +67,20 @@ pub fn payload_with_salt(challenge: &CreateChallengeResponse, salt: &str, number
 /// make it.
 pub fn mint(key: &str, salt: &str, number: u64) -> CreateChallengeResponse {
     let challenge = hash(salt, number);
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
-    mac.update(challenge.as_bytes());
     CreateChallengeResponse {
         algorithm: "SHA-256".into(),
+        signature: signature(key, &challenge),
         challenge,
         maxnumber: 100_000,
         salt: salt.into(),
-        signature: hex(&mac.finalize().into_bytes()),
     }
+}
+
+/// The signature a server holding `key` gives `challenge`: hex(HMAC-SHA256(key, challenge)).
+pub fn signature(key: &str, challenge: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(challenge.as_bytes());
+    hex(&mac.finalize().into_bytes())
 }
 
 /// A salt in the server's form that expires at `unix_seconds`, with fresh random digits.

@@ -20,6 +20,8 @@ pub struct NatsServer {
     dir: PathBuf,
     process: Option<Process>,
     tls: Option<NatsTls>,
+    /// The token clients must present, when the server requires one.
+    token: Option<String>,
 }
 
 /// TLS for a [`NatsServer`]: its certificate and key, and the CA that signed both it and the
@@ -37,15 +39,20 @@ pub struct NatsTls {
 impl NatsServer {
     /// Starts nats-server with JetStream on a free port, and returns once it accepts clients.
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, None).await
     }
 
     /// Starts nats-server requiring TLS and a client certificate from `tls.ca`.
     pub async fn start_tls(tls: NatsTls) -> Self {
-        Self::start_with(Some(tls)).await
+        Self::start_with(Some(tls), None).await
     }
 
-    async fn start_with(tls: Option<NatsTls>) -> Self {
+    /// Starts nats-server requiring clients to authenticate with `token`.
+    pub async fn start_with_token(token: &str) -> Self {
+        Self::start_with(None, Some(token.to_owned())).await
+    }
+
+    async fn start_with(tls: Option<NatsTls>, token: Option<String>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("identity-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
@@ -54,6 +61,7 @@ impl NatsServer {
             dir,
             process: None,
             tls,
+            token,
         };
         server.resume().await;
         server
@@ -90,6 +98,9 @@ impl NatsServer {
             }
             args.push("--tlsverify".to_owned());
         }
+        if let Some(token) = &self.token {
+            args.extend(["--auth".to_owned(), token.clone()]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut process = Process::spawn_program(program(), &args, &[]);
         process
@@ -98,9 +109,13 @@ impl NatsServer {
         self.process = Some(process);
     }
 
-    /// A JetStream context on a fresh connection (with the client certificate under TLS).
+    /// A JetStream context on a fresh connection (with the client certificate under TLS, the
+    /// token when one is required).
     pub async fn jetstream(&self) -> jetstream::Context {
         let mut options = async_nats::ConnectOptions::new();
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
         if let Some(tls) = &self.tls {
             options = options
                 .add_root_certificates(tls.ca.clone())

@@ -35,6 +35,29 @@ pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
 }
 
+/// Runs a binary with `args` and no environment but `envs` (plus `RUST_LOG=info`), and waits
+/// for it to exit by itself; `None` if it was still running after `timeout` (it is killed then).
+pub async fn run_until_exit(
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> Option<Output> {
+    let mut command = tokio::process::Command::new(binary(name));
+    command
+        .args(args)
+        // Nothing from the test runner's environment may configure it.
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(timeout, command.output())
+        .await
+        .ok()
+        .map(|output| output.unwrap_or_else(|e| panic!("cannot run {name}: {e}")))
+}
+
 /// A running binary whose standard output and error are collected line by line. Killed when
 /// dropped.
 #[derive(Debug)]
@@ -49,6 +72,14 @@ impl Process {
         Self::spawn_program(binary(name), args, envs)
     }
 
+    /// Starts `name` with `args` and no environment but `envs`: nothing is inherited from the
+    /// test runner (whose `DATABASE_URL`, say, would configure the binary too).
+    pub fn spawn_only(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary(name));
+        command.env_clear().args(args).envs(envs.iter().copied());
+        Self::spawn_command(command, name)
+    }
+
     /// Starts any program (a workspace binary's path, or a system one such as `prometheus`).
     pub fn spawn_program(
         program: impl AsRef<std::ffi::OsStr>,
@@ -56,9 +87,13 @@ impl Process {
         envs: &[(&str, &str)],
     ) -> Self {
         let name = program.as_ref().to_string_lossy().into_owned();
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(envs.iter().copied())
+        let mut command = Command::new(program);
+        command.args(args).envs(envs.iter().copied());
+        Self::spawn_command(command, &name)
+    }
+
+    fn spawn_command(mut command: Command, name: &str) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -80,6 +115,11 @@ impl Process {
             });
         }
         Self { child, output }
+    }
+
+    /// The process id, e.g. to read `/proc/<id>/environ`.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process printed so far.

@@ -7,7 +7,7 @@
 use std::{collections::HashMap, path::Path, process::Output, time::Duration};
 
 use crate::{
-    process::{self, Process, binary},
+    process::{self, Process},
     smtp::SmtpServer,
 };
 
@@ -72,19 +72,7 @@ pub async fn start_for_bench(db_url: &str, smtp_url: &str, extra: &[(&str, &str)
 /// Runs the built relay with only `env` (plus `RUST_LOG`) set and waits for it to exit by
 /// itself; `None` if it was still running after `timeout` (it is killed then).
 pub async fn run_until_exit(env: &[(&str, &str)], timeout: Duration) -> Option<Output> {
-    let mut command = tokio::process::Command::new(binary("outbox-relay"));
-    command
-        .arg("serve")
-        // Nothing from the test runner's environment may configure it.
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(timeout, command.output())
-        .await
-        .ok()
-        .map(|output| output.expect("the relay runs"))
+    process::run_until_exit("outbox-relay", &["serve"], env, timeout).await
 }
 
 async fn spawn(db_url: &str, delivery: &[(&str, &str)], extra: &[(&str, &str)]) -> Process {

@@ -12,7 +12,10 @@ mod settings;
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Args, Parser, Subcommand};
-use identity_proto::telemetry::{self, LogFormat};
+use identity_proto::{
+    secret::{self, SecretError},
+    telemetry::{self, LogFormat},
+};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -54,8 +57,17 @@ enum Command {
     /// Serve the gRPC API (with health, reflection and gRPC-Web) until SIGINT or SIGTERM.
     ///
     /// Refuses to start while migrations are pending, unless given --migrate.
+    ///
+    /// Secrets as files: each secret (DATABASE_URL, IDENTITY_CODE_HMAC_KEY,
+    /// IDENTITY_CHALLENGE_HMAC_KEY) can instead be given as NAME_FILE (e.g. DATABASE_URL_FILE,
+    /// --database-url-file), the path of a file holding it, such as a mounted Secret: read once
+    /// at start-up, one line ending at its end dropped. Prefer it: a variable's value stays
+    /// readable in /proc/<pid>/environ and in crash dumps, and a flag's is shown by `ps` to every
+    /// local user.
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
+    ///
+    /// The database URL can be given as a file instead (DATABASE_URL_FILE), as for serve.
     Migrate(DatabaseArgs),
     /// Write a new Ed25519 signing key (PASERK k4.secret, mode 0600) into the keys directory.
     ///
@@ -78,15 +90,24 @@ struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/identity/db-ca.pem.
     /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
     /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
-    database_url: SecretString,
+    /// Required, as this or DATABASE_URL_FILE.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret::parse)]
+    database_url: Option<SecretString>,
+
+    /// A file holding the PostgreSQL URL, instead of DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE", value_name = "FILE")]
+    database_url_file: Option<PathBuf>,
 }
 
-fn parse_secret(raw: &str) -> Result<SecretString, String> {
-    if raw.is_empty() {
-        return Err("must not be empty".into());
+impl DatabaseArgs {
+    /// The URL, from DATABASE_URL or the file DATABASE_URL_FILE names.
+    fn url(self) -> Result<SecretString, SecretError> {
+        secret::require(
+            "DATABASE_URL",
+            self.database_url,
+            self.database_url_file.as_deref(),
+        )
     }
-    Ok(SecretString::from(raw))
 }
 
 impl Cli {
@@ -94,7 +115,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         telemetry::run(self.log_format, "identity-server", async move {
             match self.command {
-                Command::Migrate(args) => migrate(&args.database_url).await,
+                Command::Migrate(args) => migrate(&args.url()?).await,
                 Command::Keygen(args) => keygen(&args.keys_dir),
                 Command::Serve(args) => serve(*args).await,
             }

@@ -7,7 +7,9 @@ use clap::Args;
 use http::HeaderValue;
 use secrecy::SecretString;
 
-use super::{DatabaseArgs, parse_secret};
+use identity_proto::secret;
+
+use super::DatabaseArgs;
 use crate::abuse::{ForwardedHeader, client::Cidr};
 use crate::challenge::{Policy, Settings as ChallengeSettings};
 
@@ -75,8 +77,13 @@ pub(super) struct ServeArgs {
 
     /// Secret key for the MACs of verification codes: at least 32 bytes, e.g. from
     /// `openssl rand -hex 32`. Keep it stable: changing it invalidates outstanding codes.
-    #[arg(long, env = "IDENTITY_CODE_HMAC_KEY", hide_env_values = true, value_parser = parse_secret)]
-    pub(super) code_hmac_key: SecretString,
+    /// Required, as this or IDENTITY_CODE_HMAC_KEY_FILE.
+    #[arg(long, env = "IDENTITY_CODE_HMAC_KEY", hide_env_values = true, value_parser = secret::parse)]
+    pub(super) code_hmac_key: Option<SecretString>,
+
+    /// A file holding the code MAC key, instead of IDENTITY_CODE_HMAC_KEY.
+    #[arg(long, env = "IDENTITY_CODE_HMAC_KEY_FILE", value_name = "FILE")]
+    pub(super) code_hmac_key_file: Option<PathBuf>,
 
     /// When Register, ResendVerificationEmail and RequestPasswordReset require a solved
     /// proof-of-work challenge (ALTCHA): off, always, or adaptive (once the client IP has used
@@ -92,8 +99,12 @@ pub(super) struct ServeArgs {
     /// Secret key that signs challenges: at least 32 bytes, the same on every replica, e.g.
     /// from `openssl rand -hex 32`. Required unless IDENTITY_CHALLENGE_POLICY is off.
     /// Changing it invalidates the challenges in flight (they live minutes).
-    #[arg(long, env = "IDENTITY_CHALLENGE_HMAC_KEY", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "IDENTITY_CHALLENGE_HMAC_KEY", hide_env_values = true, value_parser = secret::parse)]
     pub(super) challenge_hmac_key: Option<SecretString>,
+
+    /// A file holding the challenge key, instead of IDENTITY_CHALLENGE_HMAC_KEY.
+    #[arg(long, env = "IDENTITY_CHALLENGE_HMAC_KEY_FILE", value_name = "FILE")]
+    pub(super) challenge_hmac_key_file: Option<PathBuf>,
 
     /// Challenge difficulty: the secret number is drawn from 0..=this, so a solver needs half
     /// this many SHA-256 hashes on average. From 1000 to 10000000.

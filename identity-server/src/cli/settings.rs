@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use argon2::Params;
-use identity_proto::pg::SessionTimeouts;
+use identity_proto::{pg::SessionTimeouts, secret};
 use time::OffsetDateTime;
 
 use super::serve_args::{MAX_ACTIVATION_DELAY_SECS, MAX_REFRESH_REUSE_GRACE_SECS, ServeArgs};
@@ -22,12 +22,18 @@ use crate::{
 
 impl ServeArgs {
     /// The server settings these options describe; an error names the setting that is wrong.
-    pub(super) fn into_settings(self) -> anyhow::Result<Settings> {
+    pub(super) fn into_settings(mut self) -> anyhow::Result<Settings> {
         use secrecy::ExposeSecret;
 
-        let code_key = CodeKey::new(self.code_hmac_key.expose_secret().as_bytes().to_vec())
+        let code_hmac_key = secret::require(
+            "IDENTITY_CODE_HMAC_KEY",
+            self.code_hmac_key.take(),
+            self.code_hmac_key_file.as_deref(),
+        )?;
+        let code_key = CodeKey::new(code_hmac_key.expose_secret().as_bytes().to_vec())
             .map_err(|e| anyhow::anyhow!("IDENTITY_CODE_HMAC_KEY {e}"))?;
         let challenge = self.challenge_settings()?;
+        let database_url = self.database.url()?;
         let params = Params::new(self.argon2_m_kib, self.argon2_t, self.argon2_p, None)
             .map_err(|e| anyhow::anyhow!("invalid Argon2 parameters: {e}"))?;
         let workers = self.hash_workers.unwrap_or_else(|| {
@@ -132,7 +138,7 @@ impl ServeArgs {
             grpc_addr: self.grpc_addr,
             metrics_addr: self.metrics_addr,
             database: db::PoolConfig {
-                url: self.database.database_url,
+                url: database_url,
                 max_size: self.db_pool_size,
                 timeout: Duration::from_millis(self.db_timeout_ms),
                 session,
@@ -216,10 +222,15 @@ impl ServeArgs {
 
 impl ServeArgs {
     /// The `IDENTITY_CHALLENGE_*` options, checked.
-    fn challenge_settings(&self) -> anyhow::Result<challenge::Settings> {
+    fn challenge_settings(&mut self) -> anyhow::Result<challenge::Settings> {
         use secrecy::ExposeSecret;
 
-        let key = match (&self.challenge_hmac_key, self.challenge_policy) {
+        let key = secret::resolve(
+            "IDENTITY_CHALLENGE_HMAC_KEY",
+            self.challenge_hmac_key.take(),
+            self.challenge_hmac_key_file.as_deref(),
+        )?;
+        let key = match (key, self.challenge_policy) {
             (Some(key), _) => Some(
                 ChallengeKey::new(key.expose_secret().as_bytes().to_vec())
                     .map_err(|e| anyhow::anyhow!("IDENTITY_CHALLENGE_HMAC_KEY {e}"))?,
@@ -227,8 +238,8 @@ impl ServeArgs {
             (None, Policy::Off) => None,
             (None, policy) => anyhow::bail!(
                 "IDENTITY_CHALLENGE_HMAC_KEY is required with IDENTITY_CHALLENGE_POLICY={} \
-                 (set a key of at least 32 bytes, the same on every replica, or set the policy \
-                 to off)",
+                 (set a key of at least 32 bytes, the same on every replica, in it or in a file \
+                 named by IDENTITY_CHALLENGE_HMAC_KEY_FILE; or set the policy to off)",
                 policy_name(policy)
             ),
         };

@@ -6,6 +6,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
+use identity_proto::secret;
 use lettre::message::Mailbox;
 use secrecy::SecretString;
 
@@ -23,10 +24,14 @@ const DEV_RESET_LINK: &str = "http://localhost:3000/reset-password?token={token}
 pub(super) struct DeliveryArgs {
     /// SMTP server in lettre's URL form: smtps://user:pass@host (implicit TLS),
     /// smtp://user:pass@host:587?tls=required (STARTTLS), smtp://host:port (plain text, local
-    /// sinks only: credentials are refused without TLS). Exactly one of SMTP_URL and
-    /// RELAY_DEV_MAIL_DIR must be set.
-    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = super::parse_secret)]
+    /// sinks only: credentials are refused without TLS). Exactly one of SMTP_URL (or
+    /// SMTP_URL_FILE) and RELAY_DEV_MAIL_DIR must be set.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = secret::parse)]
     smtp_url: Option<SecretString>,
+
+    /// A file holding the SMTP URL, instead of SMTP_URL.
+    #[arg(long, env = "SMTP_URL_FILE", value_name = "FILE")]
+    smtp_url_file: Option<PathBuf>,
 
     /// A PEM file of CA certificates trusted for the SMTP server's certificate besides the
     /// public web PKI roots, for a server with a private CA.
@@ -77,7 +82,7 @@ pub(super) struct DeliveryArgs {
 /// Where emails go, once the settings are checked.
 #[derive(Debug)]
 enum Mode<'a> {
-    Smtp(&'a SecretString),
+    Smtp(SecretString),
     Files(&'a PathBuf),
 }
 
@@ -85,15 +90,16 @@ impl DeliveryArgs {
     /// The mailer, the sender and the links, as the settings say; `connections` SMTP sessions
     /// at most.
     pub(super) fn build(&self, connections: usize) -> anyhow::Result<(Mailer, Mailbox, Links)> {
-        let links = self.links()?;
-        match self.mode()? {
+        let mode = self.mode()?;
+        let links = self.links(&mode)?;
+        match mode {
             Mode::Smtp(url) => {
                 let from = self
                     .email_from
                     .clone()
                     .ok_or_else(|| anyhow::anyhow!("EMAIL_FROM is required with SMTP_URL"))?;
                 let mailer = Mailer::smtp(SmtpSettings {
-                    url,
+                    url: &url,
                     ca_file: self.smtp_ca_file.as_deref(),
                     connections,
                     timeout: Duration::from_secs(self.smtp_timeout_secs),
@@ -117,14 +123,19 @@ impl DeliveryArgs {
         Duration::from_secs(self.smtp_timeout_secs)
     }
 
-    /// Exactly one of SMTP_URL and RELAY_DEV_MAIL_DIR.
+    /// Exactly one of SMTP_URL (or SMTP_URL_FILE, read here) and RELAY_DEV_MAIL_DIR.
     fn mode(&self) -> anyhow::Result<Mode<'_>> {
-        match (&self.smtp_url, &self.dev_mail_dir) {
+        let smtp_url = secret::resolve(
+            "SMTP_URL",
+            self.smtp_url.clone(),
+            self.smtp_url_file.as_deref(),
+        )?;
+        match (smtp_url, &self.dev_mail_dir) {
             (Some(url), None) => Ok(Mode::Smtp(url)),
             (None, Some(dir)) => Ok(Mode::Files(dir)),
             (None, None) => anyhow::bail!(
-                "no way to deliver email: set SMTP_URL to send it, or RELAY_DEV_MAIL_DIR \
-                 (--dev-mail-dir) to write it to files in development"
+                "no way to deliver email: set SMTP_URL (or SMTP_URL_FILE) to send it, or \
+                 RELAY_DEV_MAIL_DIR (--dev-mail-dir) to write it to files in development"
             ),
             (Some(_), Some(_)) => anyhow::bail!(
                 "SMTP_URL and RELAY_DEV_MAIL_DIR (--dev-mail-dir) are both set: choose one"
@@ -134,8 +145,8 @@ impl DeliveryArgs {
 
     /// With SMTP, both templates are required and https unless http links are allowed; in the
     /// development mode they default to localhost.
-    fn links(&self) -> anyhow::Result<Links> {
-        let smtp = matches!(self.mode()?, Mode::Smtp(_));
+    fn links(&self, mode: &Mode<'_>) -> anyhow::Result<Links> {
+        let smtp = matches!(mode, Mode::Smtp(_));
         let link = |template: &Option<LinkTemplate>, name: &str, default: &str| {
             let Some(template) = template.clone() else {
                 anyhow::ensure!(
@@ -184,6 +195,7 @@ mod tests {
     fn smtp() -> DeliveryArgs {
         DeliveryArgs {
             smtp_url: Some(SecretString::from("smtps://mail.example.com")),
+            smtp_url_file: None,
             smtp_ca_file: None,
             dev_mail_dir: None,
             email_from: None,
@@ -195,8 +207,12 @@ mod tests {
         }
     }
 
+    fn links(args: &DeliveryArgs) -> anyhow::Result<Links> {
+        args.links(&args.mode()?)
+    }
+
     fn error(args: &DeliveryArgs) -> String {
-        args.links().expect_err("refused").to_string()
+        links(args).expect_err("refused").to_string()
     }
 
     #[test]
@@ -251,7 +267,7 @@ mod tests {
             allow_http_links: true,
             ..http
         };
-        let links = allowed.links().expect("allowed");
+        let links = links(&allowed).expect("allowed");
         assert_eq!(
             links.reset.as_ref(),
             "http://localhost:3000/reset?t={token}"
@@ -267,7 +283,7 @@ mod tests {
             reset_url_template: None,
             ..smtp()
         };
-        let links = args.links().expect("defaults");
+        let links = links(&args).expect("defaults");
         assert_eq!(links.verify.as_ref(), DEV_VERIFY_LINK);
         assert_eq!(links.reset.as_ref(), DEV_RESET_LINK);
     }

@@ -18,6 +18,7 @@ use async_nats::{
     },
 };
 use clap::{Args, ValueEnum};
+use identity_proto::secret;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
@@ -32,16 +33,25 @@ pub struct EventArgs {
     /// NATS server(s) to publish domain events to, e.g. nats://nats:4222 or tls://nats:4222
     /// (several separated by commas). Unset: the relay publishes no events and leaves event
     /// rows in the outbox (identity-server writes them only with IDENTITY_DOMAIN_EVENTS=true).
-    #[arg(long, env = "NATS_URL", hide_env_values = true, value_parser = crate::cli::parse_secret)]
+    /// A secret: it may hold user:password@.
+    #[arg(long, env = "NATS_URL", hide_env_values = true, value_parser = secret::parse)]
     pub nats_url: Option<SecretString>,
+
+    /// A file holding the NATS URL(s), instead of NATS_URL.
+    #[arg(long, env = "NATS_URL_FILE", value_name = "FILE")]
+    pub nats_url_file: Option<PathBuf>,
 
     /// A NATS credentials file (JWT and NKey seed) to authenticate with.
     #[arg(long, env = "NATS_CREDS_FILE", value_name = "FILE")]
     pub nats_creds_file: Option<PathBuf>,
 
     /// A token to authenticate with (instead of a credentials file).
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, value_parser = crate::cli::parse_secret)]
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, value_parser = secret::parse)]
     pub nats_token: Option<SecretString>,
+
+    /// A file holding the token, instead of NATS_TOKEN.
+    #[arg(long, env = "NATS_TOKEN_FILE", value_name = "FILE")]
+    pub nats_token_file: Option<PathBuf>,
 
     /// A PEM file of CA certificates trusted for the NATS server's certificate (TLS is then
     /// required).
@@ -147,15 +157,26 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl EventArgs {
-    /// The publisher, when `NATS_URL` is set; `retry` paces the retries of the emails, whose
-    /// delays events share, and `lease` is how long a claim lasts. Settings that cannot work are
-    /// refused here, at start-up; the connection itself is made in the background.
+    /// The publisher, when `NATS_URL` (or `NATS_URL_FILE`) is set; `retry` paces the retries of
+    /// the emails, whose delays events share, and `lease` is how long a claim lasts. Settings
+    /// that cannot work are refused here, at start-up; the connection itself is made in the
+    /// background.
     pub async fn publisher(
-        &self,
+        &mut self,
         retry: &RetryPolicy,
         lease: Duration,
     ) -> anyhow::Result<Option<Publisher>> {
-        let Some(url) = &self.nats_url else {
+        let url = secret::resolve(
+            "NATS_URL",
+            self.nats_url.take(),
+            self.nats_url_file.as_deref(),
+        )?;
+        let token = secret::resolve(
+            "NATS_TOKEN",
+            self.nats_token.take(),
+            self.nats_token_file.as_deref(),
+        )?;
+        let Some(url) = url else {
             return Ok(None);
         };
         let timeout = Duration::from_secs(self.nats_timeout_secs.max(1));
@@ -207,7 +228,7 @@ impl EventArgs {
                 .await
                 .map_err(|e| anyhow::anyhow!("NATS_CREDS_FILE {}: {e}", file.display()))?;
         }
-        if let Some(token) = &self.nats_token {
+        if let Some(token) = token {
             options = options.token(token.expose_secret().to_owned());
         }
         if let Some(ca) = &self.nats_ca_file {
