@@ -121,3 +121,15 @@ ensure_nginx() {
   # shellcheck disable=SC2034 # for the caller
   NGINX=$NGINX
 }
+
+# ensure_german_locale: the de_DE.UTF-8 locale, in which the error tests start a PostgreSQL
+# cluster (lc_messages) to check that errors are recognised by SQLSTATE, not by English text
+# (tests/tests/translated_errors.rs). Generated with localedef from Debian's `locales` package
+# when missing; PostgreSQL's German messages come with its own package.
+ensure_german_locale() {
+  locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$' && return 0
+  log "generating the de_DE.UTF-8 locale (the translated-error tests)"
+  [[ -d /usr/share/i18n/locales ]] || apt_install locales
+  [[ $EUID -eq 0 ]] || die "please generate the de_DE.UTF-8 locale (localedef -i de_DE -f UTF-8 de_DE.UTF-8)"
+  localedef -i de_DE -c -f UTF-8 de_DE.UTF-8
+}

@@ -17,11 +17,14 @@
 //!   A pooler that refuses start-up `options` (PgBouncer unless `ignore_startup_parameters`
 //!   lists it, and then it drops them) needs the limits set on the role instead (`ALTER ROLE
 //!   ... SET statement_timeout = '5s'`).
-//! - **Errors** never repeat the URL, so they never show its password.
+//! - **Errors** never repeat the URL, so they never show its password. What a failed statement
+//!   means (retry later, run again, or a bug) is read from its SQLSTATE: [`Failure`].
 //!
 //! Layout: `url.rs` splits `DATABASE_URL`; `tls.rs` builds the rustls configuration and its
-//! certificate checks per mode; `pool.rs` holds [`SessionTimeouts`] and [`pool`].
+//! certificate checks per mode; `pool.rs` holds [`SessionTimeouts`] and [`pool`]; `failure.rs`
+//! classifies errors.
 
+mod failure;
 mod pool;
 mod tls;
 mod url;
@@ -32,6 +35,7 @@ use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub use failure::Failure;
 pub use pool::{Pool, SessionTimeouts, pool};
 pub use url::{RootCert, SslMode};
 
