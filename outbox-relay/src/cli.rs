@@ -6,9 +6,9 @@ mod delivery;
 use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use identity_proto::pg::SessionTimeouts;
+use identity_proto::pg::{Connector, PoolMode, SessionTimeouts};
 use identity_proto::telemetry::{self, LogFormat};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     backoff::RetryPolicy,
@@ -59,12 +59,24 @@ struct ServeArgs {
     /// PostgreSQL URL of the identity database, e.g.
     /// postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/relay/db-ca.pem.
     /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
-    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
+    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots;
+    /// pool_mode=transaction when it leads to a transaction pooler (PgBouncer in transaction
+    /// mode): the session limits are then set in each transaction and statements are not kept
+    /// prepared on the server.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
     database_url: SecretString,
 
+    /// PostgreSQL URL to LISTEN on for outbox notifications, when DATABASE_URL leads to a
+    /// transaction pooler (pool_mode=transaction), through which LISTEN cannot work: the
+    /// database directly, or a session-mode pooler. Unset: the relay listens on DATABASE_URL,
+    /// or, through a transaction pooler, does not listen and looks every
+    /// RELAY_POLL_INTERVAL_MS.
+    #[arg(long, env = "RELAY_LISTEN_DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
+    listen_database_url: Option<SecretString>,
+
     /// Milliseconds any one SQL statement may run (PostgreSQL statement_timeout, set on every
-    /// pooled connection; not on the LISTEN connection).
+    /// pooled connection, or, through a transaction pooler, in every transaction; not on the
+    /// LISTEN connection).
     #[arg(long, env = "RELAY_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
     db_statement_timeout_ms: u64,
 
@@ -195,9 +207,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
     let publisher = args.events.publisher(&config.retry, config.lease).await?;
+    let listen_url = listen_url(
+        args.database_url,
+        args.listen_database_url,
+        config.poll_interval,
+    )?;
     let relay = Arc::new(Relay::new(
         pool,
-        args.database_url,
+        listen_url,
         mailer,
         renderer,
         from.clone(),
@@ -227,6 +244,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         samples.abort();
     }
     stopped
+}
+
+/// Where the relay LISTENs: `listen` if given, else `database` unless that is a transaction
+/// pooler (LISTEN there would hold a server session the pooler hands to others, and hear
+/// nothing); then nowhere, and the relay polls.
+fn listen_url(
+    database: SecretString,
+    listen: Option<SecretString>,
+    poll_interval: Duration,
+) -> anyhow::Result<Option<SecretString>> {
+    let pooled = |url: &SecretString| -> anyhow::Result<bool> {
+        Ok(Connector::new(url.expose_secret())?.pool_mode() == PoolMode::Transaction)
+    };
+    if let Some(listen) = listen {
+        anyhow::ensure!(
+            !pooled(&listen)?,
+            "RELAY_LISTEN_DATABASE_URL has pool_mode=transaction, through which LISTEN cannot \
+             work: give the database's own address (or a session-mode pooler's)"
+        );
+        return Ok(Some(listen));
+    }
+    if pooled(&database)? {
+        tracing::info!(
+            poll_interval = ?poll_interval,
+            "DATABASE_URL leads to a transaction pooler, through which LISTEN cannot work: \
+             looking at the outbox every poll interval; set RELAY_LISTEN_DATABASE_URL to the \
+             database's own address to be woken at once"
+        );
+        return Ok(None);
+    }
+    Ok(Some(database))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -56,6 +56,9 @@ enum Command {
     /// Refuses to start while migrations are pending, unless given --migrate.
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
+    ///
+    /// Needs a session of its own (it holds an advisory lock while it runs): DATABASE_URL must
+    /// reach PostgreSQL directly, not through a transaction pooler (pool_mode=transaction).
     Migrate(DatabaseArgs),
     /// Write a new Ed25519 signing key (PASERK k4.secret, mode 0600) into the keys directory.
     ///
@@ -77,7 +80,10 @@ struct KeygenArgs {
 struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/identity/db-ca.pem.
     /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
-    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
+    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots;
+    /// pool_mode=transaction when it leads to a transaction pooler (PgBouncer in transaction
+    /// mode): the session limits are then set in each transaction and statements are not kept
+    /// prepared on the server.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
     database_url: SecretString,
 }
