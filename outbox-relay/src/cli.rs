@@ -6,10 +6,10 @@ mod delivery;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use identity_proto::pg::SessionTimeouts;
+use identity_proto::pg::{Connector, PoolMode, SessionTimeouts};
 use identity_proto::secret;
 use identity_proto::telemetry::{self, LogFormat};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     backoff::RetryPolicy,
@@ -66,8 +66,10 @@ struct ServeArgs {
     /// PostgreSQL URL of the identity database, e.g.
     /// postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/relay/db-ca.pem.
     /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
-    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
-    /// Required, as this or DATABASE_URL_FILE.
+    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots;
+    /// pool_mode=transaction when it leads to a transaction pooler (PgBouncer in transaction
+    /// mode): the session limits are then set in each transaction and statements are not kept
+    /// prepared on the server. Required, as this or DATABASE_URL_FILE.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret::parse)]
     database_url: Option<SecretString>,
 
@@ -75,8 +77,21 @@ struct ServeArgs {
     #[arg(long, env = "DATABASE_URL_FILE", value_name = "FILE")]
     database_url_file: Option<PathBuf>,
 
+    /// PostgreSQL URL to LISTEN on for outbox notifications, when DATABASE_URL leads to a
+    /// transaction pooler (pool_mode=transaction), through which LISTEN cannot work: the
+    /// database directly, or a session-mode pooler. Unset: the relay listens on DATABASE_URL,
+    /// or, through a transaction pooler, does not listen and looks every
+    /// RELAY_POLL_INTERVAL_MS.
+    #[arg(long, env = "RELAY_LISTEN_DATABASE_URL", hide_env_values = true, value_parser = secret::parse)]
+    listen_database_url: Option<SecretString>,
+
+    /// A file holding RELAY_LISTEN_DATABASE_URL, instead of the variable.
+    #[arg(long, env = "RELAY_LISTEN_DATABASE_URL_FILE", value_name = "FILE")]
+    listen_database_url_file: Option<PathBuf>,
+
     /// Milliseconds any one SQL statement may run (PostgreSQL statement_timeout, set on every
-    /// pooled connection; not on the LISTEN connection).
+    /// pooled connection, or, through a transaction pooler, in every transaction; not on the
+    /// LISTEN connection).
     #[arg(long, env = "RELAY_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
     db_statement_timeout_ms: u64,
 
@@ -170,6 +185,11 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         args.database_url.take(),
         args.database_url_file.as_deref(),
     )?;
+    let listen_database_url = secret::resolve(
+        "RELAY_LISTEN_DATABASE_URL",
+        args.listen_database_url.take(),
+        args.listen_database_url_file.as_deref(),
+    )?;
     anyhow::ensure!(args.batch_size > 0, "the batch size must be positive");
     anyhow::ensure!(args.concurrency > 0, "the concurrency must be positive");
     anyhow::ensure!(args.max_attempts > 0, "the attempt limit must be positive");
@@ -205,9 +225,10 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
     let publisher = args.events.publisher(&config.retry, config.lease).await?;
+    let listen_url = listen_url(database_url.clone(), listen_database_url, config.poll_interval)?;
     let relay = Arc::new(Relay::new(
         pool,
-        database_url,
+        listen_url,
         mailer,
         renderer,
         from.clone(),
@@ -237,6 +258,37 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         samples.abort();
     }
     stopped
+}
+
+/// Where the relay LISTENs: `listen` if given, else `database` unless that is a transaction
+/// pooler (LISTEN there would hold a server session the pooler hands to others, and hear
+/// nothing); then nowhere, and the relay polls.
+fn listen_url(
+    database: SecretString,
+    listen: Option<SecretString>,
+    poll_interval: Duration,
+) -> anyhow::Result<Option<SecretString>> {
+    let pooled = |url: &SecretString| -> anyhow::Result<bool> {
+        Ok(Connector::new(url.expose_secret())?.pool_mode() == PoolMode::Transaction)
+    };
+    if let Some(listen) = listen {
+        anyhow::ensure!(
+            !pooled(&listen)?,
+            "RELAY_LISTEN_DATABASE_URL has pool_mode=transaction, through which LISTEN cannot \
+             work: give the database's own address (or a session-mode pooler's)"
+        );
+        return Ok(Some(listen));
+    }
+    if pooled(&database)? {
+        tracing::info!(
+            poll_interval = ?poll_interval,
+            "DATABASE_URL leads to a transaction pooler, through which LISTEN cannot work: \
+             looking at the outbox every poll interval; set RELAY_LISTEN_DATABASE_URL to the \
+             database's own address to be woken at once"
+        );
+        return Ok(None);
+    }
+    Ok(Some(database))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -121,3 +121,35 @@ ensure_nginx() {
   # shellcheck disable=SC2034 # for the caller
   NGINX=$NGINX
 }
+
+# ensure_pgbouncer: PgBouncer, which the pooler tests run in transaction mode in front of the
+# test cluster (tests/tests/pgbouncer.rs, tests/src/pgbouncer.rs). From Debian's `pgbouncer`
+# package (/usr/sbin/pgbouncer), installed when missing; kept from starting a system-wide
+# pgbouncer, as ensure_nginx does for nginx. Sets PGBOUNCER.
+ensure_pgbouncer() {
+  PGBOUNCER=$(PATH=$PATH:/usr/sbin command -v pgbouncer || true)
+  if [[ -z $PGBOUNCER ]]; then
+    log "installing pgbouncer (the pooler tests run it in transaction mode)"
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [[ $EUID -eq 0 && ! -e $policy ]]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=1
+    fi
+    apt_install pgbouncer || { [[ $ours -eq 0 ]] || rm -f "$policy"; die "apt-get install pgbouncer failed"; }
+    [[ $ours -eq 0 ]] || rm -f "$policy"
+    PGBOUNCER=$(PATH=$PATH:/usr/sbin command -v pgbouncer)
+  fi
+  # shellcheck disable=SC2034 # for the caller
+  PGBOUNCER=$PGBOUNCER
+}
+
+# ensure_german_locale: the de_DE.UTF-8 locale, in which the error tests start a PostgreSQL
+# cluster (lc_messages) to check that errors are recognised by SQLSTATE, not by English text
+# (tests/tests/translated_errors.rs). Generated with localedef from Debian's `locales` package
+# when missing; PostgreSQL's German messages come with its own package.
+ensure_german_locale() {
+  locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$' && return 0
+  log "generating the de_DE.UTF-8 locale (the translated-error tests)"
+  [[ -d /usr/share/i18n/locales ]] || apt_install locales
+  [[ $EUID -eq 0 ]] || die "please generate the de_DE.UTF-8 locale (localedef -i de_DE -f UTF-8 de_DE.UTF-8)"
+  localedef -i de_DE -c -f UTF-8 de_DE.UTF-8
+}

@@ -11,7 +11,8 @@
 //! - [`otlp`]: a real OTLP/gRPC trace receiver that keeps the spans the binaries export.
 //! - [`outbox`]: fills the outbox directly, for relay tests and benchmarks.
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated template, and
-//!   throwaway clusters a test may stop and start (or serve TLS only).
+//!   throwaway clusters a test may stop and start (or serve TLS only, or configure).
+//! - [`pgbouncer`]: a real PgBouncer in transaction pooling mode in front of a server.
 //! - [`prometheus`]: a real Prometheus server scraping the binaries, queried over its API.
 //! - [`process`]: runs the built binaries as a user would and captures their logs.
 //! - [`reflection`]: lists the services a server announces over gRPC reflection.
@@ -33,6 +34,7 @@ pub mod nginx;
 pub mod otlp;
 pub mod outbox;
 pub mod pg;
+pub mod pgbouncer;
 pub mod process;
 pub mod prometheus;
 pub mod reflection;

@@ -222,6 +222,18 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Creates and starts a cluster with `settings` (lines of `postgresql.conf`, e.g.
+    /// `lc_messages = 'de_DE.UTF-8'`) added to its configuration.
+    pub fn start_with(settings: &str) -> anyhow::Result<Self> {
+        let cluster = Self::init()?;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(cluster.data().join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut conf, format!("\n{settings}\n").as_bytes())?;
+        cluster.resume()?;
+        Ok(cluster)
+    }
+
     /// Creates and starts a cluster that speaks TLS with `tls` and, over TCP, accepts TLS
     /// connections only (`hostssl` in pg_hba.conf), as managed PostgreSQL services do. Its Unix
     /// socket ([`Cluster::socket_url`]) stays open without TLS, for the test's own set-up.
@@ -379,7 +391,8 @@ fn pg_bindir() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root (then servers that refuse root run as `postgres`).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -128,6 +128,26 @@ impl Server {
         }
     }
 
+    /// Migrates `db` directly with `identity-server migrate`, then serves on port 0 with
+    /// `database_url` as its `DATABASE_URL` (the same database reached another way, e.g.
+    /// through a connection pooler).
+    pub async fn start_through(db: TestDb, database_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let migrate = process::run(
+            "identity-server",
+            &["migrate"],
+            &[("DATABASE_URL", &db.url)],
+        );
+        assert!(migrate.status.success(), "migrate failed: {migrate:?}");
+        let keys_dir = keygen_for(&db);
+        let (process, addr) = serve(database_url, &keys_dir, extra_env).await;
+        Self {
+            process,
+            addr,
+            db,
+            keys_dir,
+        }
+    }
+
     /// Another `identity-server serve` on the same database and signing keys (a second
     /// replica), with the base environment plus `extra_env`.
     pub async fn replica(&self, extra_env: &[(&str, &str)]) -> Replica {

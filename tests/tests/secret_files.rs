@@ -1,5 +1,5 @@
 //! Secrets as files: every secret setting of both binaries (`DATABASE_URL`, the MAC keys,
-//! `SMTP_URL`, `NATS_URL`, `NATS_TOKEN`) also has a `…_FILE` form naming a file that holds it,
+//! `SMTP_URL`, `NATS_URL`, `NATS_TOKEN`, `RELAY_LISTEN_DATABASE_URL`) also has a `…_FILE` form naming a file that holds it,
 //! as a mounted Kubernetes Secret does. The built binaries are run as a user would run them,
 //! with nothing in their environment but what each test gives them.
 
@@ -41,7 +41,13 @@ const SERVER_SECRETS: [&str; 3] = [
     "IDENTITY_CODE_HMAC_KEY",
     "IDENTITY_CHALLENGE_HMAC_KEY",
 ];
-const RELAY_SECRETS: [&str; 4] = ["DATABASE_URL", "SMTP_URL", "NATS_URL", "NATS_TOKEN"];
+const RELAY_SECRETS: [&str; 5] = [
+    "DATABASE_URL",
+    "SMTP_URL",
+    "NATS_URL",
+    "NATS_TOKEN",
+    "RELAY_LISTEN_DATABASE_URL",
+];
 
 /// A folder of secret files, as a Secret volume holds them; removed when dropped.
 struct SecretDir(PathBuf);
@@ -331,6 +337,7 @@ impl Setup {
                 ("SMTP_URL", "smtp://127.0.0.1:1".to_owned()),
                 ("NATS_URL", "nats://127.0.0.1:1".to_owned()),
                 ("NATS_TOKEN", "nats-secret-token".to_owned()),
+                ("RELAY_LISTEN_DATABASE_URL", self.db.url.clone()),
                 ("RELAY_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
                 (
                     "EMAIL_FROM",

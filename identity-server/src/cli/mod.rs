@@ -67,7 +67,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     ///
-    /// The database URL can be given as a file instead (DATABASE_URL_FILE), as for serve.
+    /// The database URL can be given as a file instead (DATABASE_URL_FILE), as for serve. It
+    /// needs a session of its own (it holds an advisory lock while it runs): the URL must reach
+    /// PostgreSQL directly, not through a transaction pooler (pool_mode=transaction).
     Migrate(DatabaseArgs),
     /// Write a new Ed25519 signing key (PASERK k4.secret, mode 0600) into the keys directory.
     ///
@@ -89,8 +91,10 @@ struct KeygenArgs {
 struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/identity?sslmode=verify-full&sslrootcert=/etc/identity/db-ca.pem.
     /// sslmode as libpq: disable, prefer (default), require, verify-ca, verify-full;
-    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots.
-    /// Required, as this or DATABASE_URL_FILE.
+    /// sslrootcert: a PEM file of CA certificates, or "system" for the public web roots;
+    /// pool_mode=transaction when it leads to a transaction pooler (PgBouncer in transaction
+    /// mode): the session limits are then set in each transaction and statements are not kept
+    /// prepared on the server. Required, as this or DATABASE_URL_FILE.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret::parse)]
     database_url: Option<SecretString>,
 

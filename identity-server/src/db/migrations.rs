@@ -2,22 +2,24 @@
 //! holding a PostgreSQL advisory lock, so any number of replicas and a migration Job may start
 //! at once: one applies, the others wait for it and then find nothing pending.
 //!
-//! The lock is session-level, on the migration connection, under the fixed key
-//! [`MIGRATION_LOCK_KEY`]; PostgreSQL releases it if the process dies. An operator can see who
-//! holds it with `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 1953068153`
-//! (the key's low 32 bits; its high 32 bits are `classid` 1768187246).
+//! The lock is under the fixed key [`MIGRATION_LOCK_KEY`]. Applying holds it session-level, on
+//! the migration connection (PostgreSQL releases it if the process dies); so applying needs a
+//! session of its own and refuses a transaction pooler's URL (`pool_mode=transaction`). The
+//! check holds it shared, for one transaction, so it works through such a pooler too. An
+//! operator can see who holds it with `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND
+//! objid = 1953068153` (the key's low 32 bits; its high 32 bits are `classid` 1768187246).
 
 use std::collections::HashSet;
 
 use diesel::{
-    QueryResult, QueryableByName, RunQueryDsl,
+    Connection, QueryResult, QueryableByName, RunQueryDsl,
     migration::MigrationSource,
     pg::Pg,
     sql_types::{BigInt, Bool, Text},
 };
 use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use identity_proto::pg::Connector;
+use identity_proto::pg::{Connector, PoolMode};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Every migration in `migrations/`, compiled into the binary.
@@ -33,12 +35,23 @@ type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 extern "SQL" {
     /// Takes the session-level advisory lock `key` if free; says whether it did.
     fn pg_try_advisory_lock(key: BigInt) -> diesel::sql_types::Bool;
+    /// Takes the advisory lock `key`, shared, until the transaction ends, if no session holds it
+    /// exclusively; says whether it did.
+    fn pg_try_advisory_xact_lock_shared(key: BigInt) -> diesel::sql_types::Bool;
 }
 
 /// Applies pending migrations; returns the versions it applied (none if another process
 /// applied them while this one waited for the lock).
 pub async fn run_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
-    under_migration_lock(url, |conn| {
+    let connector = Connector::new(url.expose_secret())?;
+    anyhow::ensure!(
+        connector.pool_mode() == PoolMode::Session,
+        "DATABASE_URL has pool_mode=transaction, but migrations need a session of their own (they \
+         hold a session advisory lock while they run): run `identity-server migrate` with a \
+         DATABASE_URL that reaches PostgreSQL directly (or through a session-mode pooler), then \
+         start `serve` without --migrate"
+    );
+    under_migration_lock(connector, |conn| {
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
@@ -51,11 +64,27 @@ pub async fn run_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
 /// applies migrations, so it reports the outcome rather than a half-way state.
 ///
 /// It only reads the ledger (diesel's harness would create it when missing, which the server's
-/// role may not do): a database without one has every migration pending.
+/// role may not do): a database without one has every migration pending. It holds the lock
+/// shared for one transaction, which a transaction pooler carries as well as a session.
 pub async fn pending_migrations(url: &SecretString) -> anyhow::Result<Vec<String>> {
-    under_migration_lock(url, |conn| {
-        let applied = applied_versions(conn)
-            .map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
+    let conn = Connector::new(url.expose_secret())?.connect().await?;
+    tokio::task::spawn_blocking(move || {
+        let mut conn = SyncConnection::from(conn);
+        let applied = conn.transaction(|conn| {
+            let taken = diesel::select(pg_try_advisory_xact_lock_shared(MIGRATION_LOCK_KEY))
+                .get_result::<bool>(conn)?;
+            if !taken {
+                tracing::info!(
+                    lock_key = MIGRATION_LOCK_KEY,
+                    "another process is applying migrations; waiting for it"
+                );
+                diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1)")
+                    .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+                    .execute(conn)?;
+            }
+            applied_versions(conn)
+        });
+        let applied = applied.map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
         let embedded = MigrationSource::<Pg>::migrations(&MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("reading embedded migrations: {e}"))?;
         Ok(embedded
@@ -64,7 +93,7 @@ pub async fn pending_migrations(url: &SecretString) -> anyhow::Result<Vec<String
             .map(|m| m.name().to_string())
             .collect())
     })
-    .await
+    .await?
 }
 
 #[derive(QueryableByName)]
@@ -92,13 +121,13 @@ fn applied_versions(conn: &mut SyncConnection) -> QueryResult<HashSet<String>> {
     Ok(applied.into_iter().map(|row| row.version).collect())
 }
 
-/// Opens a connection (TLS as `url` says, no session timeouts: a migration may take long),
+/// Opens a connection (TLS as the URL says, no session timeouts: a migration may take long),
 /// takes the migration lock, runs `work` and releases the lock.
 async fn under_migration_lock<T: Send + 'static>(
-    url: &SecretString,
+    connector: Connector,
     work: impl FnOnce(&mut SyncConnection) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let conn = Connector::new(url.expose_secret())?.connect().await?;
+    let conn = connector.connect().await?;
     // diesel's migration harness is synchronous; the wrapper drives the async connection from
     // a blocking thread.
     tokio::task::spawn_blocking(move || {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncPgConnection, pooled_connection::deadpool};
-use identity_proto::pg::{self, Connector, SessionTimeouts};
+use identity_proto::pg::{self, Connector, Failure, SessionTimeouts};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use migrations::{MIGRATION_LOCK_KEY, MIGRATIONS, pending_migrations, run_migrations};
@@ -84,57 +84,14 @@ impl From<deadpool::PoolError> for StoreError {
 }
 
 impl From<DieselError> for StoreError {
+    /// Unavailable when the error's SQLSTATE says so (a timeout, a lost or refused connection, a
+    /// server stopping or out of resources: see [`Failure`]); any other failure, conflicts
+    /// included (the caller's [`retry::Retry`] runs those again), stays a query error.
     fn from(error: DieselError) -> Self {
-        if is_connection_loss(&error) || is_timeout(&error) {
-            Self::Unavailable(error.to_string())
-        } else {
-            Self::Query(error)
+        match Failure::of(&error) {
+            Failure::Unavailable => Self::Unavailable(error.to_string()),
+            Failure::Conflict | Failure::Other => Self::Query(error),
         }
-    }
-}
-
-/// Whether `error` means the connection is gone rather than that the query was wrong.
-fn is_connection_loss(error: &DieselError) -> bool {
-    match error {
-        DieselError::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            _,
-        ) => true,
-        // A server that shuts down or starts up says so with SQLSTATE 57P01 / 57P03, which
-        // diesel reports as Unknown; its message is the only thing diesel lets us see.
-        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
-            let message = info.message();
-            message.starts_with("terminating connection")
-                || message.starts_with("the database system is")
-        }
-        _ => false,
-    }
-}
-
-/// Whether PostgreSQL cancelled the statement because it waited too long: `lock_timeout` or a
-/// `NOWAIT` lock (SQLSTATE 55P03, lock_not_available), `statement_timeout` or a cancel request
-/// (57014, query_canceled). The transaction was rolled back.
-///
-/// diesel reports both as `DatabaseErrorKind::Unknown` and does not expose the SQLSTATE
-/// (`DatabaseErrorInformation` has no code, and diesel-async's wrapper around tokio-postgres'
-/// `DbError` is private), so the primary message is what we can match, as for shutdowns
-/// above. These are fixed texts in PostgreSQL's source, translated only when the server's
-/// `lc_messages` names another language (a client cannot override it without superuser
-/// rights); matched by prefix, so the relation named in "could not obtain lock on row in
-/// relation ..." does not matter. Should a server answer in another language, such a call
-/// still fails fast and writes nothing, but as INTERNAL.
-fn is_timeout(error: &DieselError) -> bool {
-    const PREFIXES: [&str; 2] = [
-        // 55P03 from lock_timeout, 57014 from statement_timeout or pg_cancel_backend.
-        "canceling statement due to ",
-        // 55P03 from NOWAIT.
-        "could not obtain lock on ",
-    ];
-    match error {
-        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => PREFIXES
-            .iter()
-            .any(|prefix| info.message().starts_with(prefix)),
-        _ => false,
     }
 }
 
@@ -151,36 +108,20 @@ pub fn is_unique_violation(error: &DieselError, constraint: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn unknown(message: &str) -> DieselError {
-        DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned()))
-    }
-
     #[test]
-    fn lock_and_statement_timeouts_are_unavailable() {
-        for message in [
-            "canceling statement due to lock timeout",
-            "canceling statement due to statement timeout",
-            "canceling statement due to user request",
-            "could not obtain lock on row in relation \"users\"",
-            "terminating connection due to administrator command",
-            "the database system is shutting down",
-        ] {
-            assert!(
-                matches!(
-                    StoreError::from(unknown(message)),
-                    StoreError::Unavailable(_)
-                ),
-                "{message}"
-            );
-        }
-    }
-
-    #[test]
-    fn other_database_errors_stay_query_errors() {
+    fn only_failures_that_mean_retry_later_are_unavailable() {
+        let closed = DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("connection closed".to_owned()),
+        );
+        assert!(matches!(
+            StoreError::from(closed),
+            StoreError::Unavailable(_)
+        ));
+        // The message does not count: an English timeout text without its SQLSTATE is a bug.
         for error in [
-            unknown("relation \"nope\" does not exist"),
             DieselError::DatabaseError(
-                DatabaseErrorKind::UniqueViolation,
+                DatabaseErrorKind::Unknown,
                 Box::new("canceling statement due to lock timeout".to_owned()),
             ),
             DieselError::NotFound,

@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
+use identity_proto::pg::Failure;
 
 use super::StoreError;
 
@@ -34,17 +35,9 @@ impl StoreError {
     }
 }
 
-/// Whether `error` is a serialization failure (40001) or a deadlock (40P01).
+/// Whether `error` is a serialization failure (40001) or a deadlock (40P01), by its SQLSTATE.
 pub fn is_conflict(error: &DieselError) -> bool {
-    match error {
-        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-        // diesel has no kind for 40P01 and does not expose the SQLSTATE; PostgreSQL's message
-        // is all there is to go by.
-        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
-            info.message().starts_with("deadlock detected")
-        }
-        _ => false,
-    }
+    Failure::of(error) == Failure::Conflict
 }
 
 /// Decides, after each attempt of a transaction, whether to run it again. Use it as

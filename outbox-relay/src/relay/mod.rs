@@ -70,7 +70,8 @@ pub struct RelayConfig {
 /// The relay and what it depends on.
 pub struct Relay {
     pool: store::Pool,
-    database_url: SecretString,
+    /// Where to LISTEN for notifications; `None`: nowhere (the relay polls).
+    listen_url: Option<SecretString>,
     mailer: Mailer,
     renderer: Renderer,
     from: Mailbox,
@@ -101,10 +102,11 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     /// Assembles a relay; refuses a lease that cannot cover one delivery. Without a
-    /// `publisher` the relay publishes no events, and leaves event rows in the outbox.
+    /// `publisher` the relay publishes no events, and leaves event rows in the outbox. Without a
+    /// `listen_url` it is never woken by notifications, and looks every poll interval.
     pub fn new(
         pool: store::Pool,
-        database_url: SecretString,
+        listen_url: Option<SecretString>,
         mailer: Mailer,
         renderer: Renderer,
         from: Mailbox,
@@ -114,7 +116,7 @@ impl Relay {
         let budget = lease::Budget::new(config.lease, config.smtp_timeout)?;
         Ok(Self {
             pool,
-            database_url,
+            listen_url,
             mailer,
             renderer,
             from,
@@ -133,11 +135,13 @@ impl Relay {
         let wake = Arc::new(Notify::new());
         let wake_events = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
-        let listener = tokio::spawn(listener::run(
-            self.database_url.clone(),
-            vec![Arc::clone(&wake), Arc::clone(&wake_events)],
-            stopped.clone(),
-        ));
+        let listener = self.listen_url.clone().map(|url| {
+            tokio::spawn(listener::run(
+                url,
+                vec![Arc::clone(&wake), Arc::clone(&wake_events)],
+                stopped.clone(),
+            ))
+        });
         let mut workers = tokio::task::JoinSet::new();
         workers.spawn(Arc::clone(&self).work(wake, stopped.clone()));
         if let Some(publisher) = &self.events {
@@ -167,7 +171,9 @@ impl Relay {
             tracing::warn!(grace = ?self.config.shutdown_grace, "in-flight sends outlived the grace period; abandoning them");
             workers.abort_all();
         }
-        listener.abort();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         self.release_held().await;
         tracing::info!("outbox-relay stopped");
         Ok(())

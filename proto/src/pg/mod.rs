@@ -14,15 +14,19 @@
 //!   `lock_timeout` are set in the start-up packet (`options`), so every statement on every
 //!   pooled connection has them without a round trip. Not for the relay's LISTEN connection,
 //!   which idles by design, nor for migrations.
-//!   A pooler that refuses start-up `options` (PgBouncer unless `ignore_startup_parameters`
-//!   lists it, and then it drops them) needs the limits set on the role instead (`ALTER ROLE
-//!   ... SET statement_timeout = '5s'`).
-//! - **Errors** never repeat the URL, so they never show its password.
+//! - **Transaction poolers** (`pool_mode=transaction` in the URL, for PgBouncer in transaction
+//!   mode): no start-up `options` (PgBouncer refuses them); the limits are set in each
+//!   transaction instead, and prepared statements stay on the client. See `pooler/mod.rs`.
+//! - **Errors** never repeat the URL, so they never show its password. What a failed statement
+//!   means (retry later, run again, or a bug) is read from its SQLSTATE: [`Failure`].
 //!
 //! Layout: `url.rs` splits `DATABASE_URL`; `tls.rs` builds the rustls configuration and its
-//! certificate checks per mode; `pool.rs` holds [`SessionTimeouts`] and [`pool`].
+//! certificate checks per mode; `pool.rs` holds [`SessionTimeouts`] and [`pool`]; `pooler/`
+//! connects through a transaction pooler; `failure.rs` classifies errors.
 
+mod failure;
 mod pool;
+mod pooler;
 mod tls;
 mod url;
 
@@ -32,8 +36,9 @@ use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub use failure::Failure;
 pub use pool::{Pool, SessionTimeouts, pool};
-pub use url::{RootCert, SslMode};
+pub use url::{PoolMode, RootCert, SslMode};
 
 /// `DATABASE_URL` cannot be used; the message names the part at fault, never the password.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,11 @@ pub enum ConfigError {
     WeakModeWithSystemRoots(SslMode),
     #[error("DATABASE_URL: cannot use sslrootcert {path}: {reason}")]
     RootCert { path: PathBuf, reason: String },
+    #[error(
+        "DATABASE_URL: pool_mode={0:?} is not supported; use session (the default: PostgreSQL or \
+         a session pooler) or transaction (a transaction pooler such as PgBouncer)"
+    )]
+    UnknownPoolMode(String),
     #[error("DATABASE_URL is not valid: {0}")]
     Invalid(String),
     #[error("cannot set up TLS: {0}")]
@@ -69,6 +79,9 @@ pub struct Connector {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     ssl_mode: SslMode,
+    pool_mode: PoolMode,
+    /// The limits a transaction pooler gets in each transaction.
+    limits: Option<SessionTimeouts>,
     /// `host:port/dbname`, for messages.
     target: String,
 }
@@ -78,6 +91,7 @@ impl fmt::Debug for Connector {
         f.debug_struct("Connector")
             .field("target", &self.target)
             .field("ssl_mode", &self.ssl_mode)
+            .field("pool_mode", &self.pool_mode)
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +103,7 @@ impl Connector {
             mut config,
             ssl_mode,
             root_cert,
+            pool_mode,
         } = url::parse(url)?;
         let ssl_mode = match (ssl_mode, &root_cert) {
             (Some(mode), _) => mode,
@@ -109,13 +124,20 @@ impl Connector {
             config,
             tls,
             ssl_mode,
+            pool_mode,
+            limits: None,
             target,
         })
     }
 
-    /// The same connector, with `timeouts` on every session it opens.
+    /// The same connector, with `timeouts` on every session it opens (through a transaction
+    /// pooler: on every transaction).
     #[must_use]
     pub fn with_session_timeouts(mut self, timeouts: SessionTimeouts) -> Self {
+        if self.pool_mode == PoolMode::Transaction {
+            self.limits = Some(timeouts);
+            return self;
+        }
         let limits = format!(
             "-c statement_timeout={} -c lock_timeout={}",
             timeouts.statement.as_millis(),
@@ -134,20 +156,39 @@ impl Connector {
         self.ssl_mode
     }
 
+    /// What the URL leads to: PostgreSQL (or a session pooler), or a transaction pooler.
+    pub fn pool_mode(&self) -> PoolMode {
+        self.pool_mode
+    }
+
     /// Opens one connection.
     pub async fn connect(&self) -> Result<AsyncPgConnection, ConnectionError> {
+        if self.pool_mode == PoolMode::Transaction {
+            let (client, connection) =
+                pooler::connect(&self.config, &self.tls, self.ssl_mode, self.limits)
+                    .await
+                    .map_err(|e| self.cannot_connect(&e))?;
+            // diesel-async drives only connections on tokio-postgres' own socket type; this one
+            // runs on its own task, and ends when the client is dropped (a failure shows as a
+            // closed connection at the client's next statement). Notifications are not
+            // received: LISTEN cannot work through a transaction pooler anyway.
+            tokio::spawn(connection);
+            return AsyncPgConnection::try_from(client).await;
+        }
         let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(|e| {
             let hint = tls::certificate_hint(&e)
                 .map(|hint| format!(" ({hint})"))
                 .unwrap_or_default();
-            ConnectionError::BadConnection(format!(
-                "cannot connect to PostgreSQL at {} (sslmode={}): {}{hint}",
-                self.target,
-                self.ssl_mode,
-                error_chain(&e)
-            ))
+            self.cannot_connect(&format!("{}{hint}", error_chain(&e)))
         })?;
         AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+
+    fn cannot_connect(&self, reason: &str) -> ConnectionError {
+        ConnectionError::BadConnection(format!(
+            "cannot connect to PostgreSQL at {} (sslmode={}, pool_mode={}): {reason}",
+            self.target, self.ssl_mode, self.pool_mode
+        ))
     }
 }
 
@@ -204,6 +245,17 @@ mod tests {
             connector.config.get_options(),
             Some("-c search_path=app -c statement_timeout=5000 -c lock_timeout=2000")
         );
+    }
+
+    #[test]
+    fn through_a_transaction_pooler_no_options_are_sent_and_the_limits_go_to_each_transaction() {
+        let timeouts = SessionTimeouts::default();
+        let connector = Connector::new("postgres://pooler:6432/app?pool_mode=transaction")
+            .expect("parses")
+            .with_session_timeouts(timeouts);
+        assert_eq!(connector.config.get_options(), None);
+        assert_eq!(connector.limits, Some(timeouts));
+        assert_eq!(connector.pool_mode(), PoolMode::Transaction);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! `DATABASE_URL`: libpq's `sslmode` and `sslrootcert` are taken out and parsed here, since
-//! tokio-postgres knows only `disable|prefer|require` and refuses unknown keys; everything else
-//! is left for tokio-postgres to parse. No error repeats the URL, so none shows its password.
+//! `DATABASE_URL`: libpq's `sslmode` and `sslrootcert`, and our own `pool_mode`, are taken out
+//! and parsed here, since tokio-postgres knows only `disable|prefer|require` and refuses unknown
+//! keys; everything else is left for tokio-postgres to parse. No error repeats the URL, so none
+//! shows its password.
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
@@ -55,6 +56,39 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// What the URL leads to (`pool_mode`, named after PgBouncer's setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    /// A session of our own for as long as the connection lasts: PostgreSQL itself, or a pooler
+    /// in session mode. The default.
+    #[default]
+    Session,
+    /// A transaction pooler (PgBouncer `pool_mode = transaction`): each transaction may run on
+    /// another server session (see `pooler.rs` for what changes).
+    Transaction,
+}
+
+impl FromStr for PoolMode {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "session" => Ok(Self::Session),
+            "transaction" => Ok(Self::Transaction),
+            other => Err(ConfigError::UnknownPoolMode(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        })
+    }
+}
+
 /// Where the trusted CA certificates come from (`sslrootcert`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCert {
@@ -72,10 +106,11 @@ pub(crate) struct DatabaseUrl {
     /// The mode as written, or `None` when absent.
     pub(crate) ssl_mode: Option<SslMode>,
     pub(crate) root_cert: Option<RootCert>,
+    pub(crate) pool_mode: PoolMode,
 }
 
-/// Splits `url` (`postgres://` or `postgresql://`) into tokio-postgres' config and the TLS
-/// parameters it does not know.
+/// Splits `url` (`postgres://` or `postgresql://`) into tokio-postgres' config and the
+/// parameters it does not know (TLS, pool mode).
 pub(crate) fn parse(url: &str) -> Result<DatabaseUrl, ConfigError> {
     let rest = ["postgres://", "postgresql://"]
         .iter()
@@ -94,6 +129,7 @@ pub(crate) fn parse(url: &str) -> Result<DatabaseUrl, ConfigError> {
 
     let mut ssl_mode = None;
     let mut root_cert = None;
+    let mut pool_mode = PoolMode::default();
     let mut kept = Vec::new();
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -107,6 +143,7 @@ pub(crate) fn parse(url: &str) -> Result<DatabaseUrl, ConfigError> {
                     RootCert::File(value.into())
                 });
             }
+            "pool_mode" => pool_mode = decode(value)?.parse()?,
             _ => kept.push(pair),
         }
     }
@@ -122,6 +159,7 @@ pub(crate) fn parse(url: &str) -> Result<DatabaseUrl, ConfigError> {
         config,
         ssl_mode,
         root_cert,
+        pool_mode,
     })
 }
 
@@ -195,6 +233,21 @@ mod tests {
         assert_eq!(config.get_password(), Some(PASSWORD.as_bytes()));
         assert_eq!(config.get_dbname(), Some("identity"));
         assert_eq!(config.get_ports(), [6432]);
+    }
+
+    #[test]
+    fn pool_mode_is_session_unless_the_url_says_transaction() {
+        assert_eq!(
+            parse(&url("")).expect("parses").pool_mode,
+            PoolMode::Session
+        );
+        let pooled =
+            parse(&url("?pool_mode=transaction&application_name=identity")).expect("parses");
+        assert_eq!(pooled.pool_mode, PoolMode::Transaction);
+        assert_eq!(pooled.config.get_application_name(), Some("identity"));
+        let error = parse(&url("?pool_mode=statement")).expect_err("statement mode cannot work");
+        assert!(error.to_string().contains("transaction"), "{error}");
+        assert!(!error.to_string().contains(PASSWORD), "{error}");
     }
 
     #[test]
