@@ -141,7 +141,10 @@ impl PasswordReset {
     }
 
     /// The request's transaction: under the address's lock, so that the cooldown and budget
-    /// checks and the insert cannot interleave with another request or a sign-up.
+    /// checks and the insert cannot interleave with another request or a sign-up. Whether it
+    /// queues an email or not, it runs the same statements (a request that queues nothing
+    /// rehearses the writes: [`db::rehearsal`]), so its time does not tell an active address
+    /// from an unknown one.
     async fn queue_reset_email(
         &self,
         conn: &mut AsyncPgConnection,
@@ -152,32 +155,38 @@ impl PasswordReset {
         db::email_budget::lock_address(conn, &key).await?;
         let rows = db::users::lock_address_rows(conn, email.as_ref()).await?;
         // Only an active account can reset its password; pending registrations cannot.
-        let Some(user) = rows.active() else {
-            return Ok(false);
-        };
-        tracing::Span::current().record("user_id", field::display(user.id));
-        let last = db::password_reset::latest_issued_at(conn, user.id).await?;
-        if last.is_some_and(|last| now - last < self.settings.cooldown) {
-            return Ok(false);
+        let user = rows.active();
+        if let Some(user) = user {
+            tracing::Span::current().record("user_id", field::display(user.id));
         }
+        // What a rehearsal writes for: a user that does not exist.
+        let user_id = user.map_or_else(Uuid::nil, |u| u.id);
+        let last = db::password_reset::latest_issued_at(conn, user_id).await?;
         let budget = self.settings.email_budget;
         let kind = EmailPasswordResetV1::KIND;
-        if db::email_budget::try_spend(conn, &key, kind, budget, now).await? != Spend::Allowed {
+        let ledger = db::email_budget::ledger(conn, &key, budget, kind, now).await?;
+        let cooling = last.is_some_and(|last| now - last < self.settings.cooldown);
+        let allowed = ledger.spend(budget, now) == Spend::Allowed;
+        if user.is_some() && !cooling && !allowed {
             tracing::info!("password reset not queued: the address's email budget is spent");
-            return Ok(false);
         }
+        let queue = user.is_some() && !cooling && allowed;
+
+        db::rehearsal::open(conn).await?;
+        db::email_budget::record_send(conn, &key, kind, now).await?;
         let token = VerificationToken::generate();
         let expires_at = now + self.settings.token_ttl;
-        db::password_reset::insert(conn, user.id, &token.hash(), now, expires_at).await?;
+        db::password_reset::insert(conn, user_id, &token.hash(), now, expires_at).await?;
         let payload = EmailPasswordResetV1 {
-            recipient: user.email.clone(),
-            display_name: user.display_name.clone(),
-            locale: user.locale.clone(),
+            recipient: user.map_or_else(|| email.as_ref().to_owned(), |u| u.email.clone()),
+            display_name: user.map(|u| u.display_name.clone()).unwrap_or_default(),
+            locale: user.map_or_else(|| "en".to_owned(), |u| u.locale.clone()),
             token: token.expose().to_owned(),
             expires_at,
         };
-        db::outbox::enqueue_for_user(conn, user.id, EmailPasswordResetV1::KIND, &payload).await?;
-        Ok(true)
+        db::outbox::enqueue_for_user(conn, user_id, kind, &payload).await?;
+        db::rehearsal::close(conn, queue).await?;
+        Ok(queue)
     }
 
     /// Sets a new password with a reset token; the token and any other outstanding one are
@@ -200,14 +209,8 @@ impl PasswordReset {
             return Err(ResetError::TokenInvalid);
         };
         tracing::Span::current().record("user_id", field::display(found.user_id));
-        let local_part = found.email.split('@').next().unwrap_or_default();
-        let mut context = vec![
-            found.email.as_str(),
-            local_part,
-            found.display_name.as_str(),
-        ];
-        context.extend(found.display_name.split_whitespace());
-        let password = Password::parse(new_password, &context).map_err(ResetError::WeakPassword)?;
+        let password = Password::parse_for(new_password, &found.email, &found.display_name)
+            .map_err(ResetError::WeakPassword)?;
         let password_hash = self.hasher.hash(password).await?;
 
         let now = self.clock.now();

@@ -11,10 +11,12 @@ use time::Duration;
 const KIND: &str = "email.account_exists.v1";
 
 #[tokio::test]
-async fn registering_an_active_address_answers_like_a_new_one_and_creates_no_account() {
+async fn registering_an_active_address_answers_like_a_new_one_and_keeps_a_registration_that_cannot_be_verified()
+ {
     let app = TestApp::spawn().await;
     calls::active_user(&app, "ada@example.com").await;
     let owner = app.rows_of("ada@example.com").await[0].0;
+    let emails_before = app.emails_to("ada@example.com").await.len();
 
     let response = app
         .register("ADA@example.com")
@@ -26,7 +28,19 @@ async fn registering_an_active_address_answers_like_a_new_one_and_creates_no_acc
     assert_eq!(id.get_version_num(), 7);
     assert_ne!(id, owner);
     let rows = app.rows_of("ada@example.com").await;
-    assert_eq!(rows, [(owner, "active".to_owned())], "no account was added");
+    assert_eq!(
+        rows,
+        [
+            (owner, "active".to_owned()),
+            (id, "pending_verification".to_owned())
+        ],
+        "the caller's registration is kept, as for a new address"
+    );
+    assert_eq!(
+        app.emails_to("ada@example.com").await.len(),
+        emails_before,
+        "no verification email goes out for it: nothing can ever verify it"
+    );
 }
 
 #[tokio::test]

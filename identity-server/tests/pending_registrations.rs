@@ -94,16 +94,20 @@ async fn a_code_activates_the_registration_it_was_sent_for() {
         .expect("the owner registers");
     let emails = app.emails_to("victim@example.com").await;
 
-    // Here the squatter's email is the one the mailbox owner acts on: its registration wins.
+    // Here the squatter's email is the one the mailbox owner acts on: its registration wins,
+    // with the password the owner types when verifying, not the squatter's.
     let verified = app
         .verify_code("VICTIM@example.com", &emails[0].code)
         .await
         .expect("verifies");
 
     assert_eq!(verified.user_id, squatter.user_id);
+    calls::login(&app, "victim@example.com", PASSWORD)
+        .await
+        .expect("the verifier's password works");
     calls::login(&app, "victim@example.com", ATTACKER_PASSWORD)
         .await
-        .expect("the password of that registration works");
+        .expect_err("the squatter's does not");
     assert_eq!(app.rows_of("victim@example.com").await.len(), 1);
 }
 

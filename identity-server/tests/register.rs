@@ -198,6 +198,7 @@ async fn thirty_two_concurrent_registrations_of_one_address_each_get_a_registrat
                 client
                     .verify_email(pb::VerifyEmailRequest {
                         proof: Some(pb::verify_email_request::Proof::Token(email.token)),
+                        password: support::PASSWORD.into(),
                     })
                     .await
             })

@@ -135,10 +135,39 @@ async fn malformed_proofs_are_bad_requests_naming_the_field() {
     let nothing = app
         .client
         .clone()
-        .verify_email(pb::VerifyEmailRequest { proof: None })
+        .verify_email(pb::VerifyEmailRequest {
+            proof: None,
+            password: support::PASSWORD.into(),
+        })
         .await
         .expect_err("no proof");
     assert_eq!(violated_fields(&nothing), ["proof"]);
+}
+
+#[tokio::test]
+async fn the_verifier_must_give_a_password_that_meets_the_policy_for_this_account() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.com").await.expect("registers");
+    let email = app.email_to("ada@example.com").await;
+    let verify = async |password: &str| {
+        app.client
+            .clone()
+            .verify_email(pb::VerifyEmailRequest {
+                proof: Some(pb::verify_email_request::Proof::Token(email.token.clone())),
+                password: password.into(),
+            })
+            .await
+    };
+
+    let missing = verify("").await.expect_err("no password");
+    assert_eq!(violated_fields(&missing), ["password"]);
+    // Built from the registration's own address and name: only known once the proof is good.
+    for weak in ["ada@example.com", "Lovelace", "short"] {
+        let refused = verify(weak).await.expect_err("a weak password");
+        assert_eq!(violated_fields(&refused), ["password"], "{weak:?}");
+    }
+    // Nothing was spent: the same link still verifies, with a good password.
+    verify(support::PASSWORD).await.expect("verifies");
 }
 
 #[tokio::test]
@@ -238,7 +267,10 @@ async fn concurrent_verifications_activate_the_user_exactly_once() {
             tokio::spawn(async move {
                 client
                     .clone()
-                    .verify_email(pb::VerifyEmailRequest { proof: Some(proof) })
+                    .verify_email(pb::VerifyEmailRequest {
+                        proof: Some(proof),
+                        password: support::PASSWORD.into(),
+                    })
                     .await
             })
         })

@@ -225,7 +225,11 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
     let publisher = args.events.publisher(&config.retry, config.lease).await?;
-    let listen_url = listen_url(database_url.clone(), listen_database_url, config.poll_interval)?;
+    let listen_url = listen_url(
+        database_url.clone(),
+        listen_database_url,
+        config.poll_interval,
+    )?;
     let relay = Arc::new(Relay::new(
         pool,
         listen_url,

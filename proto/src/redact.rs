@@ -36,12 +36,14 @@ fn debug_output_of_requests_and_responses_hides_every_secret_and_address() {
     };
     let by_token = VerifyEmailRequest {
         proof: Some(verify_email_request::Proof::Token("tok-secret".into())),
+        password: "hunter2-hunter2".into(),
     };
     let by_code = VerifyEmailRequest {
         proof: Some(verify_email_request::Proof::EmailCode(EmailCode {
             email: "ada@example.com".into(),
             code: "654321".into(),
         })),
+        password: "hunter2-hunter2".into(),
     };
     let login = LoginRequest {
         email: "ada@example.com".into(),

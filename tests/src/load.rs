@@ -231,6 +231,7 @@ pub async fn sign_up_verified(
     registration
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token.token)),
+            password: PASSWORD.into(),
         })
         .await
         .context("verifying")?;

@@ -202,6 +202,7 @@ impl Server {
                 proof: Some(
                     identity_proto::identity::v1::verify_email_request::Proof::Token(token),
                 ),
+                password: PASSWORD.into(),
             })
             .await
             .unwrap_or_else(|e| panic!("verifying {email} failed: {e:?}"));

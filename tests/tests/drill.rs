@@ -111,7 +111,13 @@ async fn killing_a_replica_and_a_relay_under_load_fails_no_call_and_loses_nothin
             let token = token_after(&text_part(&mail.data), VERIFY_LINK);
             let proof = Some(pb::verify_email_request::Proof::Token(token));
             registration
-                .verify_email(forwarded(pb::VerifyEmailRequest { proof }, &ip))
+                .verify_email(forwarded(
+                    pb::VerifyEmailRequest {
+                        proof,
+                        password: identity_tests::server::PASSWORD.into(),
+                    },
+                    &ip,
+                ))
                 .await
                 .unwrap_or_else(|e| panic!("verifying {email}: {e:?}"));
             email

@@ -64,6 +64,7 @@ async fn the_built_server_migrates_serves_health_reflection_and_signs_a_user_up(
             proof: Some(pb::verify_email_request::Proof::Token(
                 emails[0].token.clone(),
             )),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies")

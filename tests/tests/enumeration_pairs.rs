@@ -52,6 +52,7 @@ async fn server_with_an_owner() -> Server {
     client
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("the owner verifies");
@@ -116,6 +117,9 @@ async fn register_then_login_with_another_password_or_after_several_registers_an
     for password in passwords.iter().chain(&["never-registered-pass-99"]) {
         let registered = login(&channel, "owner@example.com", password).await;
         let new = login(&channel, "fresh@example.com", password).await;
-        assert_eq!(registered, new, "Login with {password:?} after the Registers");
+        assert_eq!(
+            registered, new,
+            "Login with {password:?} after the Registers"
+        );
     }
 }

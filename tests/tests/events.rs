@@ -132,6 +132,7 @@ async fn a_users_life_is_published_as_cloudevents_in_order_with_no_secret_in_the
     registration
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(verify_token.clone())),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies");

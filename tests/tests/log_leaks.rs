@@ -125,6 +125,7 @@ async fn sign_up_leaves_no_secret_in_the_log(logging: &[(&str, &str)]) {
                     email: email.into(),
                     code: code.clone(),
                 })),
+                password: identity_tests::server::PASSWORD.into(),
             })
             .await;
     }
@@ -133,6 +134,7 @@ async fn sign_up_leaves_no_secret_in_the_log(logging: &[(&str, &str)]) {
             proof: Some(pb::verify_email_request::Proof::Token(
                 by_link[0].token.clone(),
             )),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies");
@@ -197,6 +199,7 @@ async fn sessions_and_resets_leave_no_secret_in_the_log(logging: &[(&str, &str)]
     registration
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies");

@@ -43,6 +43,7 @@ async fn a_password_reset_goes_from_request_to_email_to_new_password_and_notice(
     registration
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies");

@@ -63,6 +63,7 @@ async fn sign_up(server: &Server, smtp: &SmtpServer, email: &str) -> Result<Stri
     registration
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .map_err(step("VerifyEmail"))?;

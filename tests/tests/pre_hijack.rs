@@ -55,12 +55,15 @@ fn proofs_in(mail: &Received) -> [Proof; 2] {
         .find(|line| line.len() == 6 && line.bytes().all(|b| b.is_ascii_digit()))
         .unwrap_or_else(|| panic!("no code in {text}"))
         .to_owned();
-    [Proof::Link(token_after(&text, VERIFY_URL)), Proof::Code(code)]
+    [
+        Proof::Link(token_after(&text, VERIFY_URL)),
+        Proof::Code(code),
+    ]
 }
 
 struct Setup {
     smtp: SmtpServer,
-    server: Server,
+    _server: Server,
     _relay: identity_tests::process::Process,
     channel: Channel,
 }
@@ -73,7 +76,7 @@ impl Setup {
         let channel = server.channel().await;
         Self {
             smtp,
-            server,
+            _server: server,
             _relay: relay,
             channel,
         }
@@ -110,7 +113,10 @@ impl Setup {
             }),
         };
         self.registration()
-            .verify_email(pb::VerifyEmailRequest { proof: Some(proof) })
+            .verify_email(pb::VerifyEmailRequest {
+                proof: Some(proof),
+                password: OWNER_PASSWORD.into(),
+            })
             .await
             .map(drop)
     }

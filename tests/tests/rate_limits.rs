@@ -222,6 +222,7 @@ async fn guessing_verification_codes_for_one_address_from_many_ips_is_cut_off() 
                         email: "VICTIM@example.com".into(),
                         code: wrong.into(),
                     })),
+                    password: identity_tests::server::PASSWORD.into(),
                 })
                 .await,
         );
@@ -243,6 +244,7 @@ async fn guessing_verification_codes_for_one_address_from_many_ips_is_cut_off() 
     owner
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(email.token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("the link still works");

@@ -139,7 +139,10 @@ async fn registered_users_get_their_email_over_smtp_and_verify_with_its_link_or_
         }),
     ] {
         let verified = client
-            .verify_email(pb::VerifyEmailRequest { proof: Some(proof) })
+            .verify_email(pb::VerifyEmailRequest {
+                proof: Some(proof),
+                password: identity_tests::server::PASSWORD.into(),
+            })
             .await
             .expect("the proof from the email verifies")
             .into_inner();

@@ -200,6 +200,7 @@ async fn a_server_and_a_relay_given_only_secret_files_sign_a_user_up_end_to_end(
     let verified = registration
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("the link from the email verifies")
@@ -259,6 +260,7 @@ async fn key_files_written_by_echo_hold_the_same_keys_as_the_variables() {
                 email: email.into(),
                 code,
             })),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("the code verifies on the other server")

@@ -64,6 +64,7 @@ async fn a_login_whose_password_check_straddles_a_reset_gets_no_session_that_out
     registration
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies");
@@ -121,9 +122,11 @@ async fn a_login_whose_password_check_straddles_a_reset_gets_no_session_that_out
                 .await
         }
     });
-    wait::until("the login's check to wait for the worker", WAIT, async || {
-        (queued().await >= 1.0).then_some(())
-    })
+    wait::until(
+        "the login's check to wait for the worker",
+        WAIT,
+        async || (queued().await >= 1.0).then_some(()),
+    )
     .await;
     // The reset commits as soon as its hash is done; the login's check of the old password
     // succeeds after that.

@@ -60,6 +60,7 @@ async fn verify(
     client
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token)),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .map(tonic::Response::into_inner)

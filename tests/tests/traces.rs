@@ -129,6 +129,7 @@ async fn one_trace_spans_register_the_commit_the_relay_claim_and_the_accepted_em
     pb::registration_service_client::RegistrationServiceClient::new(channel.clone())
         .verify_email(pb::VerifyEmailRequest {
             proof: Some(pb::verify_email_request::Proof::Token(token.clone())),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies");
@@ -342,6 +343,7 @@ async fn json_log_lines_carry_trace_ids_and_each_business_event_once() {
                 email: ADDRESS.into(),
                 code,
             })),
+            password: identity_tests::server::PASSWORD.into(),
         })
         .await
         .expect("verifies")

@@ -9,14 +9,14 @@
 
 use diesel::{
     prelude::*,
-    sql_types::{Integer, Text},
+    sql_types::{BigInt, Integer, Nullable, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{StoreError, schema::email_sends};
-use crate::domain::{EmailBudget, Spend};
+use crate::domain::{EmailBudget, Limits, Spend};
 
 /// The first half of the two-part advisory lock key of addresses ("addr"), so that these locks
 /// cannot meet the other advisory locks of the database, which use one 64-bit key (a separate
@@ -48,31 +48,73 @@ struct NewSend<'a> {
     sent_at: OffsetDateTime,
 }
 
-/// Spends one email of `kind` to `address_key` at `now` if `budget` allows it, and says what it
-/// decided. The caller holds [`lock_address`] and queues the email in the same transaction, so
-/// the spend commits or rolls back with it.
-pub async fn try_spend(
-    conn: &mut AsyncPgConnection,
-    address_key: &str,
-    kind: &str,
-    budget: EmailBudget,
-    now: OffsetDateTime,
-) -> Result<Spend, StoreError> {
-    let sent: Vec<OffsetDateTime> = email_sends::table
-        .filter(email_sends::address_key.eq(address_key))
-        .filter(email_sends::sent_at.gt(now - EmailBudget::WINDOW))
-        .select(email_sends::sent_at)
-        .load(conn)
-        .await?;
-    let spend = budget.decide(&sent, now);
-    if spend == Spend::Allowed {
-        record_send(conn, address_key, kind, now).await?;
-    }
-    Ok(spend)
+/// What the ledger says about one address, read in one statement that answers one row whatever
+/// the address's history (so neither its cost nor its answer's size tells how many emails the
+/// address was sent).
+#[derive(Debug, QueryableByName)]
+pub struct Ledger {
+    /// The `per_hour`-th newest send of the last hour, if the hour holds that many.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    hour_full_since: Option<OffsetDateTime>,
+    /// The `per_day`-th newest send of the last day, if the day holds that many.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    day_full_since: Option<OffsetDateTime>,
+    /// When an email of the kind asked about last went, within the last day.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    kind_last_sent: Option<OffsetDateTime>,
 }
 
-/// Records an email of `kind` to `address_key` at `now` in the ledger, unconditionally; use
-/// [`try_spend`] to respect the budget.
+impl Ledger {
+    /// Whether the budget read with the ledger allows one more email at `now`.
+    pub fn spend(&self, budget: EmailBudget, now: OffsetDateTime) -> Spend {
+        let limits = Limits {
+            hour: self.hour_full_since,
+            day: self.day_full_since,
+        };
+        budget.decide_from(limits, now)
+    }
+
+    /// When an email of the kind passed to [`ledger`] last went to the address, within the
+    /// last day.
+    pub fn last_sent(&self) -> Option<OffsetDateTime> {
+        self.kind_last_sent
+    }
+}
+
+/// The ledger of `address_key` as of `now` under `budget`, and when an email of `kind` last
+/// went to it. The caller holds [`lock_address`], and records what it sends ([`record_send`])
+/// in the same transaction, so the decision and the spend commit or roll back together.
+pub async fn ledger(
+    conn: &mut AsyncPgConnection,
+    address_key: &str,
+    budget: EmailBudget,
+    kind: &str,
+    now: OffsetDateTime,
+) -> Result<Ledger, StoreError> {
+    let nth = |n: usize| i64::try_from(n).unwrap_or(i64::MAX) - 1;
+    Ok(diesel::sql_query(
+        "SELECT
+            (SELECT sent_at FROM email_sends
+              WHERE address_key = $1 AND sent_at > $2 - interval '1 hour'
+              ORDER BY sent_at DESC OFFSET $3 LIMIT 1) AS hour_full_since,
+            (SELECT sent_at FROM email_sends
+              WHERE address_key = $1 AND sent_at > $2 - interval '1 day'
+              ORDER BY sent_at DESC OFFSET $4 LIMIT 1) AS day_full_since,
+            (SELECT max(sent_at) FROM email_sends
+              WHERE address_key = $1 AND sent_at > $2 - interval '1 day' AND kind = $5)
+              AS kind_last_sent",
+    )
+    .bind::<Text, _>(address_key)
+    .bind::<Timestamptz, _>(now)
+    .bind::<BigInt, _>(nth(budget.per_hour()))
+    .bind::<BigInt, _>(nth(budget.per_day()))
+    .bind::<Text, _>(kind)
+    .get_result(conn)
+    .await?)
+}
+
+/// Records an email of `kind` to `address_key` at `now` in the ledger, unconditionally: ask
+/// the [`Ledger`] first.
 pub async fn record_send(
     conn: &mut AsyncPgConnection,
     address_key: &str,
@@ -89,19 +131,4 @@ pub async fn record_send(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// When an email of `kind` last went to `address_key`, within the last day (the ledger keeps no
-/// more).
-pub async fn last_sent(
-    conn: &mut AsyncPgConnection,
-    address_key: &str,
-    kind: &str,
-) -> Result<Option<OffsetDateTime>, StoreError> {
-    Ok(email_sends::table
-        .filter(email_sends::address_key.eq(address_key))
-        .filter(email_sends::kind.eq(kind))
-        .select(diesel::dsl::max(email_sends::sent_at))
-        .first(conn)
-        .await?)
 }

@@ -7,6 +7,7 @@ pub mod email_budget;
 pub mod outbox;
 pub mod password_reset;
 pub mod rate_limits;
+pub mod rehearsal;
 pub mod retention;
 pub mod retry;
 pub mod schema;

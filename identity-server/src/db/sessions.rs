@@ -32,14 +32,21 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The account with this address (any letter case), for Login: the active one, or while the
-/// address has none, its newest pending registration (whose right password gets "not verified
-/// yet"). Either way one password hash is checked.
-pub async fn credentials(
+/// What Login checks a password against: the address's active account and its newest pending
+/// registration, each if there is one.
+#[derive(Debug, Default)]
+pub struct Candidates {
+    pub active: Option<Credentials>,
+    pub pending: Option<Credentials>,
+}
+
+/// The rows of this address (any letter case) a Login checks, in one statement: the active
+/// account first, then the newest pending registrations (of which the first is kept).
+pub async fn candidates(
     conn: &mut AsyncPgConnection,
     email: &str,
-) -> Result<Option<Credentials>, StoreError> {
-    Ok(users::table
+) -> Result<Candidates, StoreError> {
+    let rows: Vec<Credentials> = users::table
         .filter(lower(users::email).eq(lower(email)))
         .order((
             users::status.eq(UserStatus::Active.as_str()).desc(),
@@ -47,9 +54,40 @@ pub async fn credentials(
             users::id.desc(),
         ))
         .select(Credentials::as_select())
+        .limit(2)
+        .load(conn)
+        .await?;
+    let mut candidates = Candidates::default();
+    for row in rows {
+        let slot = match UserStatus::from_db(&row.status) {
+            Some(UserStatus::Active) => &mut candidates.active,
+            _ => &mut candidates.pending,
+        };
+        if slot.is_none() {
+            *slot = Some(row);
+        }
+    }
+    Ok(candidates)
+}
+
+/// Locks the active account `user_id` against a password change until the transaction ends,
+/// if its password hash is still `password_hash`; says whether it is. A reset that commits
+/// after this waits for the transaction, and then revokes the session it started.
+pub async fn lock_if_password_unchanged(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    password_hash: &str,
+) -> Result<bool, StoreError> {
+    let found: Option<Uuid> = users::table
+        .filter(users::id.eq(user_id))
+        .filter(users::password_hash.eq(password_hash))
+        .filter(users::status.eq(UserStatus::Active.as_str()))
+        .select(users::id)
+        .for_no_key_update()
         .first(conn)
         .await
-        .optional()?)
+        .optional()?;
+    Ok(found.is_some())
 }
 
 /// Replaces an outdated password hash, unless it changed meanwhile.

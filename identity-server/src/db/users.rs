@@ -96,6 +96,29 @@ pub async fn insert(conn: &mut AsyncPgConnection, user: &NewUser<'_>) -> Result<
     Ok(())
 }
 
+/// Deletes the oldest pending registrations of the address that have no verification secret
+/// beyond the newest `keep` of them (their secrets go with them: there are none); returns how
+/// many went. Rows with a secret are left alone: a link or code that reached the mailbox keeps
+/// working, and the email budget bounds how many there are.
+pub async fn trim_pending(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+    keep: i64,
+) -> Result<usize, StoreError> {
+    Ok(diesel::sql_query(
+        "DELETE FROM users WHERE id IN (
+            SELECT u.id FROM users u
+             WHERE lower(u.email) = lower($1) AND u.status = 'pending_verification'
+               AND NOT EXISTS (SELECT FROM verification_secrets s WHERE s.user_id = u.id)
+             ORDER BY u.created_at DESC, u.id DESC
+            OFFSET $2)",
+    )
+    .bind::<diesel::sql_types::Text, _>(email)
+    .bind::<diesel::sql_types::BigInt, _>(keep)
+    .execute(conn)
+    .await?)
+}
+
 /// Every row of the address (any letter case), locked until the transaction ends, in id order
 /// so that two transactions locking rows of one address never wait on each other in a cycle.
 /// Callers hold the address's lock (`db::email_budget::lock_address`) first.
@@ -167,10 +190,11 @@ pub enum Activation {
     AddressTaken,
 }
 
-/// Marks a pending user active.
+/// Marks a pending user active, with the password hash its verifier chose.
 pub async fn activate(
     conn: &mut AsyncPgConnection,
     id: Uuid,
+    password_hash: &str,
     now: OffsetDateTime,
 ) -> Result<Activation, StoreError> {
     let updated = diesel::update(users::table)
@@ -178,6 +202,7 @@ pub async fn activate(
         .filter(users::status.eq(UserStatus::PendingVerification.as_str()))
         .set((
             users::status.eq(UserStatus::Active.as_str()),
+            users::password_hash.eq(password_hash),
             users::verified_at.eq(now),
             users::updated_at.eq(now),
         ))

@@ -57,6 +57,16 @@ pub async fn insert(
     Ok(())
 }
 
+/// The secret with this id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<Secret>, StoreError> {
+    Ok(secrets::table
+        .find(id)
+        .select(Secret::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
 /// The secret whose link token hashes to `hash`.
 pub async fn find_by_token(
     conn: &mut AsyncPgConnection,

@@ -58,22 +58,32 @@ impl EmailBudget {
     /// (those of the last day at least; any order). A send counts while it is less than the
     /// window old.
     pub fn decide(self, sent: &[OffsetDateTime], now: OffsetDateTime) -> Spend {
-        let mut day: Vec<OffsetDateTime> =
-            sent.iter().copied().filter(|t| now - *t < DAY).collect();
-        day.sort_unstable();
-        let hour: Vec<OffsetDateTime> = day.iter().copied().filter(|t| now - *t < HOUR).collect();
-        // With n sends in a window of limit k, one more is allowed once the (n - k + 1)-th
-        // oldest leaves it.
-        let free_at = |window: &[OffsetDateTime], limit: usize, length: Duration| {
-            (window.len() >= limit).then(|| window[window.len() - limit] + length)
+        let mut newest: Vec<OffsetDateTime> = sent.to_vec();
+        newest.sort_unstable_by(|a, b| b.cmp(a));
+        let nth_in = |window: Duration, n: usize| {
+            newest
+                .iter()
+                .copied()
+                .filter(|t| now - *t < window)
+                .nth(n - 1)
         };
-        let free_at = [
-            free_at(&hour, self.per_hour, HOUR),
-            free_at(&day, self.per_day, DAY),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
+        self.decide_from(
+            Limits {
+                hour: nth_in(HOUR, self.per_hour),
+                day: nth_in(DAY, self.per_day),
+            },
+            now,
+        )
+    }
+
+    /// Whether one more email may go at `now`, given the sends that fill each window (see
+    /// [`Limits`]): with `per_hour` sends in the last hour, one more is allowed once the oldest
+    /// of them leaves it, and likewise for the day.
+    pub fn decide_from(self, limits: Limits, now: OffsetDateTime) -> Spend {
+        let free_at = [limits.hour.map(|t| t + HOUR), limits.day.map(|t| t + DAY)]
+            .into_iter()
+            .flatten()
+            .max();
         match free_at {
             None => Spend::Allowed,
             Some(at) => Spend::Exhausted {
@@ -81,6 +91,16 @@ impl EmailBudget {
             },
         }
     }
+}
+
+/// When the sends went that fill each window: the `per_hour`-th newest send of the last hour
+/// and the `per_day`-th newest of the last day, each `None` while the window has room. This is
+/// all the budget needs, so the database can answer it in one row whatever the address's
+/// history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub hour: Option<OffsetDateTime>,
+    pub day: Option<OffsetDateTime>,
 }
 
 impl Default for EmailBudget {

@@ -10,7 +10,7 @@ mod verification;
 
 pub use display_name::DisplayName;
 pub use email::EmailAddress;
-pub use email_budget::{EmailBudget, Spend};
+pub use email_budget::{EmailBudget, Limits, Spend};
 pub use locale::Locale;
 pub use password::Password;
 pub use verification::{CodeKey, TokenHash, VerificationCode, VerificationToken};

@@ -32,6 +32,17 @@ impl Password {
         Ok(Self(SecretString::from(raw)))
     }
 
+    /// Checks `raw` against the policy for the account of `email` named `display_name`: a
+    /// password built from the address, its local part, the name or a word of it is rejected
+    /// (zxcvbn matches whole words only, hence each word).
+    pub fn parse_for(raw: &str, email: &str, display_name: &str) -> Result<Self, Invalid> {
+        let email = email.trim();
+        let local_part = email.split('@').next().unwrap_or(email);
+        let mut context = vec![email, local_part, display_name.trim()];
+        context.extend(display_name.split_whitespace());
+        Self::parse(raw, &context)
+    }
+
     /// The password's bytes, for hashing.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()

@@ -189,6 +189,17 @@ impl From<VerifyEmailError> for Status {
                 "TOO_MANY_ATTEMPTS",
                 "too many wrong codes; request a new verification email",
             ),
+            E::WeakPassword(why) => {
+                let mut violations = FieldViolations::default();
+                violations.add("password", why);
+                violations.into()
+            }
+            E::Overloaded { retry_after } => retry_later(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "the service is busy; retry after the delay in RetryInfo",
+                retry_after,
+            ),
             E::Store(e) => e.into(),
             E::Unexpected(e) => unexpected(e.as_ref()),
         }

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use identity_proto::identity::v1::{
     self as pb, registration_service_server::RegistrationService, verify_email_request,
 };
+use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 
 use super::error::FieldViolations;
@@ -12,7 +13,7 @@ use crate::{
     domain::{
         DisplayName, EmailAddress, Invalid, Locale, Password, VerificationCode, VerificationToken,
     },
-    registration::{NewRegistration, Proof, Registration},
+    registration::{NewRegistration, Proof, Registration, Verification},
 };
 
 /// `identity.v1.RegistrationService` over [`Registration`].
@@ -47,8 +48,10 @@ impl TryFrom<pb::RegisterRequest> for NewRegistration {
         let email = violations.check("email", EmailAddress::parse(&request.email));
         let display_name =
             violations.check("display_name", DisplayName::parse(&request.display_name));
-        let context = password_context(&request.email, &request.display_name);
-        let password = violations.check("password", Password::parse(&request.password, &context));
+        let password = violations.check(
+            "password",
+            Password::parse_for(&request.password, &request.email, &request.display_name),
+        );
         let locale = violations.check("locale", Locale::parse(&request.locale));
         match (email, password, display_name, locale) {
             (Some(email), Some(password), Some(display_name), Some(locale)) => Ok(Self {
@@ -62,37 +65,39 @@ impl TryFrom<pb::RegisterRequest> for NewRegistration {
     }
 }
 
-/// The words an attacker would try first in a password: the address, its local part, and the
-/// name and each of its words (zxcvbn matches whole words only).
-fn password_context<'a>(email: &'a str, display_name: &'a str) -> Vec<&'a str> {
-    let email = email.trim();
-    let local_part = email.split('@').next().unwrap_or(email);
-    let mut context = vec![email, local_part, display_name.trim()];
-    context.extend(display_name.split_whitespace());
-    context
-}
-
-impl TryFrom<pb::VerifyEmailRequest> for Proof {
+impl TryFrom<pb::VerifyEmailRequest> for Verification {
     type Error = FieldViolations;
 
     fn try_from(request: pb::VerifyEmailRequest) -> Result<Self, FieldViolations> {
         let mut violations = FieldViolations::default();
-        match request.proof {
-            Some(verify_email_request::Proof::Token(token)) => {
-                if let Some(token) = violations.check("token", VerificationToken::parse(&token)) {
-                    return Ok(Proof::Token(token));
-                }
-            }
+        let proof = match request.proof {
+            Some(verify_email_request::Proof::Token(token)) => violations
+                .check("token", VerificationToken::parse(&token))
+                .map(Proof::Token),
             Some(verify_email_request::Proof::EmailCode(pair)) => {
                 let email = violations.check("email_code.email", EmailAddress::parse(&pair.email));
                 let code = violations.check("email_code.code", VerificationCode::parse(&pair.code));
-                if let (Some(email), Some(code)) = (email, code) {
-                    return Ok(Proof::EmailCode { email, code });
-                }
+                email
+                    .zip(code)
+                    .map(|(email, code)| Proof::EmailCode { email, code })
             }
-            None => violations.add("proof", Invalid("set either token or email_code")),
+            None => {
+                violations.add("proof", Invalid("set either token or email_code"));
+                None
+            }
+        };
+        // The policy is checked once the registration is known (its address and name are
+        // words a password must not be built from); a missing one is refused here.
+        if request.password.is_empty() {
+            violations.add("password", Invalid("is required"));
         }
-        Err(violations)
+        match proof {
+            Some(proof) if violations.is_empty() => Ok(Self {
+                proof,
+                password: SecretString::from(request.password),
+            }),
+            _ => Err(violations),
+        }
     }
 }
 
@@ -125,16 +130,16 @@ impl RegistrationService for RegistrationApi {
         request: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
         let client = self.door.client_of(&request);
-        let proof = Proof::try_from(request.into_inner())?;
+        let verification = Verification::try_from(request.into_inner())?;
         // Only the code names an address: guessing codes is what the per-address limit stops.
-        let address = match &proof {
+        let address = match &verification.proof {
             Proof::EmailCode { email, .. } => Some(email),
             Proof::Token(_) => None,
         };
         self.door
             .admit(client, Action::VerifyEmail, address)
             .await?;
-        let user_id = self.registration.verify_email(proof).await?;
+        let user_id = self.registration.verify_email(verification).await?;
         Ok(Response::new(pb::VerifyEmailResponse {
             user_id: user_id.to_string(),
             status: pb::UserStatus::Active.into(),

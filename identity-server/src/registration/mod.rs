@@ -20,9 +20,9 @@ use identity_proto::outbox::EmailVerificationV1;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-pub use register::{NewRegistration, RegisterError};
+pub use register::{MAX_PENDING_PER_ADDRESS, NewRegistration, RegisterError};
 pub use resend::{ResendError, ResendOutcome};
-pub use verify::{Proof, VerifyEmailError};
+pub use verify::{Proof, Verification, VerifyEmailError};
 
 use crate::{
     clock::Clock,
@@ -85,6 +85,7 @@ impl std::fmt::Debug for Registration {
 }
 
 /// Who a verification email goes to.
+#[derive(Clone, Copy)]
 struct Recipient<'a> {
     user_id: Uuid,
     email: &'a str,

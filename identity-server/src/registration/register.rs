@@ -70,30 +70,41 @@ impl From<HashError> for RegisterError {
     }
 }
 
+/// Pending registrations of one address kept without a verification secret (registrations of
+/// an address with an active account, or over its email budget): past this, the oldest go. The
+/// newest, the one Login checks, always stays; rows with a secret are bounded by the budget.
+pub const MAX_PENDING_PER_ADDRESS: i64 = 10;
+
 /// What a Register did. The caller sees none of it (the answer is the same); it is for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     /// A pending registration was created and its verification email queued.
     Pending,
-    /// The address has an active account; its owner was sent a notice.
+    /// The address has an active account: the caller's registration was kept, never to be
+    /// verified (no secret), and the owner was sent a notice.
     OwnerNotified,
-    /// The address has an active account; its owner was notified less than an hour ago.
+    /// As [`Outcome::OwnerNotified`], but the owner was notified less than an hour ago.
     OwnerRecentlyNotified,
-    /// The address's email budget is spent: nothing was created or queued.
+    /// The address's email budget is spent: the registration was kept, with no email.
     OverBudget,
 }
 
 impl Registration {
-    /// Registers an address: for an address without an active account, creates a pending
-    /// registration and queues its verification email in one transaction (the user row, the
-    /// secret and the outbox message exist together or not at all). Returns the id the caller
-    /// is given.
+    /// Registers an address. Every Register keeps the caller's registration, pending, with the
+    /// hash of the caller's password, and then, in the same transaction:
     ///
-    /// With enumeration safety on (the default), an address with an active account, and an
-    /// address whose email budget is spent, get the same answer as a new address: a fresh id
-    /// that names no account. The password is hashed in every case, and a call that creates
-    /// nothing rehearses the writes of one that does (`rehearse`), so the answer takes
-    /// as long. The owner of an active account is emailed a notice, at most once an hour.
+    /// - for an address without an active account, within its email budget: a verification
+    ///   secret and the email that carries it (the user row, the secret and the outbox message
+    ///   exist together or not at all);
+    /// - for an address with an active account: no secret, so the registration can never be
+    ///   verified, and a notice to the owner, at most once an hour, within the budget. Login
+    ///   with the caller's password then answers EMAIL_NOT_VERIFIED as for a new address.
+    ///
+    /// Returns the registration's id. With enumeration safety on (the default), every path
+    /// runs the same statements (the writes a path does not make are rehearsed:
+    /// [`db::rehearsal`]) and hashes the password, so neither the answer nor its time tells an
+    /// active address, or a spent budget, from a new address. With it off, an active address
+    /// gets ALREADY_EXISTS and a spent budget RESOURCE_EXHAUSTED, and nothing is kept.
     #[tracing::instrument(name = "register", skip_all, fields(user_id = field::Empty))]
     pub async fn register(&self, input: NewRegistration) -> Result<Uuid, RegisterError> {
         // The slow part runs before a connection is taken, so hashing never holds one, and it
@@ -113,13 +124,7 @@ impl Registration {
         let mut retry = db::retry::Retry::default();
         let outcome = loop {
             let attempt = conn
-                .transaction(async |conn| {
-                    let outcome = self.register_in(conn, &new, now).await?;
-                    if outcome != Outcome::Pending && self.settings.enumeration_safe {
-                        self.rehearse(conn, &new, now).await?;
-                    }
-                    Ok::<_, RegisterError>(outcome)
-                })
+                .transaction(async |conn| self.register_in(conn, &new, now).await)
                 .await;
             if let Some(done) = retry.settle(attempt).await {
                 break done;
@@ -134,7 +139,7 @@ impl Registration {
             );
             metrics::counter!(crate::metrics::REGISTRATIONS).increment(1);
         } else {
-            tracing::info!(?outcome, "registration answered without a new account");
+            tracing::info!(?outcome, "registration kept without a verification email");
         }
         Ok(user_id)
     }
@@ -147,86 +152,83 @@ impl Registration {
         now: OffsetDateTime,
     ) -> Result<Outcome, RegisterError> {
         let key = new.email.key();
-        let budget = self.settings.email_budget;
+        let safe = self.settings.enumeration_safe;
         db::email_budget::lock_address(conn, &key).await?;
         let rows = db::users::lock_address_rows(conn, new.email.as_ref()).await?;
-
-        if let Some(owner) = rows.active() {
-            if !self.settings.enumeration_safe {
-                return Err(RegisterError::EmailTaken);
-            }
-            let kind = EmailAccountExistsV1::KIND;
-            let last = db::email_budget::last_sent(conn, &key, kind).await?;
-            if last.is_some_and(|last| now - last < ACCOUNT_EXISTS_NOTICE_INTERVAL) {
-                return Ok(Outcome::OwnerRecentlyNotified);
-            }
-            if db::email_budget::try_spend(conn, &key, kind, budget, now).await? != Spend::Allowed {
-                return Ok(Outcome::OverBudget);
-            }
-            let notice = EmailAccountExistsV1 {
-                recipient: owner.email.clone(),
-                display_name: owner.display_name.clone(),
-                locale: owner.locale.clone(),
-                attempted_at: now,
-            };
-            db::outbox::enqueue_for_user(conn, owner.id, kind, &notice).await?;
-            return Ok(Outcome::OwnerNotified);
-        }
-
-        let kind = EmailVerificationV1::KIND;
-        match db::email_budget::try_spend(conn, &key, kind, budget, now).await? {
-            Spend::Allowed => {}
-            Spend::Exhausted { .. } if self.settings.enumeration_safe => {
-                return Ok(Outcome::OverBudget);
-            }
-            Spend::Exhausted { retry_after } => {
+        let budget = self.settings.email_budget;
+        let notice = EmailAccountExistsV1::KIND;
+        let ledger = db::email_budget::ledger(conn, &key, budget, notice, now).await?;
+        let spend = ledger.spend(budget, now);
+        let owner = rows.active();
+        let outcome = match (owner, spend) {
+            (Some(_), _) if !safe => return Err(RegisterError::EmailTaken),
+            (_, Spend::Exhausted { retry_after }) if !safe => {
                 return Err(RegisterError::EmailBudgetExhausted { retry_after });
             }
-        }
-        self.insert_pending(conn, new, now).await?;
-        Ok(Outcome::Pending)
+            (Some(_), _)
+                if ledger
+                    .last_sent()
+                    .is_some_and(|last| now - last < ACCOUNT_EXISTS_NOTICE_INTERVAL) =>
+            {
+                Outcome::OwnerRecentlyNotified
+            }
+            (_, Spend::Exhausted { .. }) => Outcome::OverBudget,
+            (Some(_), Spend::Allowed) => Outcome::OwnerNotified,
+            (None, Spend::Allowed) => Outcome::Pending,
+        };
+
+        // From here every path runs the same statements.
+        let new_row = self.insert_pending(conn, new, now).await?;
+        db::users::trim_pending(conn, new.email.as_ref(), MAX_PENDING_PER_ADDRESS).await?;
+
+        // The registration's secret and verification email.
+        db::rehearsal::open(conn).await?;
+        db::email_budget::record_send(conn, &key, EmailVerificationV1::KIND, now).await?;
+        self.issue_verification(conn, &new_row, now).await?;
+        db::rehearsal::close(conn, outcome == Outcome::Pending).await?;
+
+        // Its event: a registration of an address with an active account is none.
+        db::rehearsal::open(conn).await?;
+        let registered = UserRegistered {
+            user_id: new.id.to_string(),
+            email: new.email.as_ref().to_owned(),
+            display_name: new.display_name.as_ref().to_owned(),
+            locale: new.locale.as_ref().to_owned(),
+            registered_at: Some(identity_proto::timestamp(now)),
+        };
+        self.settings
+            .events
+            .record(conn, new.id, &registered)
+            .await?;
+        db::rehearsal::close(conn, owner.is_none()).await?;
+
+        // The owner's notice.
+        db::rehearsal::open(conn).await?;
+        db::email_budget::record_send(conn, &key, notice, now).await?;
+        let to = owner.map_or(new_row, |owner| Recipient {
+            user_id: owner.id,
+            email: &owner.email,
+            display_name: &owner.display_name,
+            locale: &owner.locale,
+        });
+        let payload = EmailAccountExistsV1 {
+            recipient: to.email.to_owned(),
+            display_name: to.display_name.to_owned(),
+            locale: to.locale.to_owned(),
+            attempted_at: now,
+        };
+        db::outbox::enqueue_for_user(conn, to.user_id, notice, &payload).await?;
+        db::rehearsal::close(conn, outcome == Outcome::OwnerNotified).await?;
+        Ok(outcome)
     }
 
-    /// Makes the writes a new registration makes (the budget's ledger row, the user row, its
-    /// secret, the outbox message and its notification) inside a savepoint, and rolls them
-    /// back. A call that creates nothing then costs what a call that creates an account costs
-    /// (the same statements, a commit that writes), so the time of the answer does not tell an
-    /// active address, or a spent budget, from a new address.
-    async fn rehearse(
+    /// Inserts the pending registration `new`; returns whom its verification email goes to.
+    async fn insert_pending<'a>(
         &self,
         conn: &mut AsyncPgConnection,
-        new: &PendingUser<'_>,
+        new: &PendingUser<'a>,
         now: OffsetDateTime,
-    ) -> Result<(), RegisterError> {
-        let rehearsal = conn
-            .transaction(async |conn| {
-                db::email_budget::record_send(
-                    conn,
-                    &new.email.key(),
-                    EmailVerificationV1::KIND,
-                    now,
-                )
-                .await?;
-                self.insert_pending(conn, new, now).await?;
-                Err::<(), RegisterError>(diesel::result::Error::RollbackTransaction.into())
-            })
-            .await;
-        match rehearsal {
-            Err(RegisterError::Store(StoreError::Query(
-                diesel::result::Error::RollbackTransaction,
-            ))) => Ok(()),
-            Err(e) => Err(e),
-            Ok(()) => Ok(()),
-        }
-    }
-
-    /// Inserts the pending registration `new` and queues its verification email.
-    async fn insert_pending(
-        &self,
-        conn: &mut AsyncPgConnection,
-        new: &PendingUser<'_>,
-        now: OffsetDateTime,
-    ) -> Result<(), RegisterError> {
+    ) -> Result<Recipient<'a>, RegisterError> {
         db::users::insert(
             conn,
             &db::users::NewUser {
@@ -241,29 +243,16 @@ impl Registration {
             },
         )
         .await?;
-        let to = Recipient {
+        Ok(Recipient {
             user_id: new.id,
             email: new.email.as_ref(),
             display_name: new.display_name.as_ref(),
             locale: new.locale.as_ref(),
-        };
-        self.issue_verification(conn, &to, now).await?;
-        let registered = UserRegistered {
-            user_id: new.id.to_string(),
-            email: new.email.as_ref().to_owned(),
-            display_name: new.display_name.as_ref().to_owned(),
-            locale: new.locale.as_ref().to_owned(),
-            registered_at: Some(identity_proto::timestamp(now)),
-        };
-        self.settings
-            .events
-            .record(conn, new.id, &registered)
-            .await?;
-        Ok(())
+        })
     }
 }
 
-/// The pending registration a Register would create.
+/// The pending registration a Register creates.
 struct PendingUser<'a> {
     id: Uuid,
     email: &'a EmailAddress,

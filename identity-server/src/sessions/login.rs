@@ -12,7 +12,7 @@ use super::{Issued, Sessions};
 use crate::{
     db::{self, StoreError, sessions::Attempt},
     domain::{EmailAddress, UserStatus},
-    hashing::HashError,
+    hashing::{HashError, Verification},
 };
 
 /// Why a login failed.
@@ -49,14 +49,21 @@ impl From<HashError> for LoginError {
 }
 
 impl Sessions {
-    /// Checks the credentials and starts a session. An unknown address costs the same hash as
-    /// a known one.
+    /// Checks the credentials and starts a session.
+    ///
+    /// The password is checked against the address's active account and then against its
+    /// newest pending registration: it opens the account, or gets EMAIL_NOT_VERIFIED from the
+    /// registration it was registered with, or INVALID_CREDENTIALS. Where a row is missing a
+    /// dummy hash stands in, so a refused login costs two hashes whatever the address, and
+    /// Register (which keeps a pending registration for any address, taken or not) followed
+    /// by Login answers alike for a registered and a new address.
     ///
     /// Throttling: before any hashing, one statement reserves the attempt for the address
     /// (known or not) and counts it as a failure, so a burst of concurrent guesses on any number
     /// of replicas is decided one by one: after a few failures the address is blocked for a
     /// growing delay, capped, and a success clears the count. No connection is held while a
-    /// password is hashed.
+    /// password is hashed. The session is inserted only if the password is still the one
+    /// checked, under a lock a password reset waits for, so no session outlives a reset.
     #[tracing::instrument(name = "login", skip_all, fields(user_id = field::Empty))]
     pub async fn login(
         &self,
@@ -65,7 +72,7 @@ impl Sessions {
     ) -> Result<Issued, LoginError> {
         let email_key = email.as_ref().to_lowercase();
         let now = self.clock.now();
-        let (failures, user) = {
+        let (failures, candidates) = {
             let mut conn = self.pool.get().await.map_err(StoreError::from)?;
             let attempt =
                 db::sessions::reserve_attempt(&mut conn, &email_key, now, &self.login_delays)
@@ -82,14 +89,10 @@ impl Sessions {
             };
             (
                 failures,
-                db::sessions::credentials(&mut conn, email.as_ref()).await?,
+                db::sessions::candidates(&mut conn, email.as_ref()).await?,
             )
         };
-        let stored = user
-            .as_ref()
-            .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
-        let verification = self.hasher.verify(password.expose_secret(), stored).await?;
-        let Some(user) = user.filter(|_| verification.matches) else {
+        let Some((user, verification)) = self.check(&password, candidates).await? else {
             tracing::info!(failures, "login refused: invalid credentials");
             metrics::counter!(crate::metrics::LOGINS, "outcome" => "invalid_credentials")
                 .increment(1);
@@ -108,22 +111,29 @@ impl Sessions {
         if !active {
             return Err(LoginError::EmailNotVerified);
         }
-        if let Some(upgraded) = upgraded {
-            db::sessions::upgrade_password_hash(
-                &mut conn,
-                user.id,
-                &user.password_hash,
-                &upgraded,
-                now,
-            )
-            .await?;
-            tracing::info!("password hash upgraded to the current parameters");
-        }
 
         let session_id = Uuid::now_v7();
         let refresh_expires_at = now + self.settings.refresh_ttl;
         let refresh_token = conn
             .transaction(async |conn| {
+                // A reset that committed while the password was being checked has changed
+                // the hash: the password checked is no longer the account's.
+                if !db::sessions::lock_if_password_unchanged(conn, user.id, &user.password_hash)
+                    .await?
+                {
+                    return Err(LoginError::InvalidCredentials);
+                }
+                if let Some(upgraded) = &upgraded {
+                    db::sessions::upgrade_password_hash(
+                        conn,
+                        user.id,
+                        &user.password_hash,
+                        upgraded,
+                        now,
+                    )
+                    .await?;
+                    tracing::info!("password hash upgraded to the current parameters");
+                }
                 db::sessions::insert_session(
                     conn,
                     &db::sessions::NewSession {
@@ -145,7 +155,14 @@ impl Sessions {
                     .await?;
                 Ok::<_, LoginError>(Self::new_refresh_token(conn, session_id, 0, now).await?)
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if matches!(e, LoginError::InvalidCredentials) {
+                    tracing::info!("login refused: the password changed while it was checked");
+                    metrics::counter!(crate::metrics::LOGINS, "outcome" => "invalid_credentials")
+                        .increment(1);
+                }
+            })?;
         let (access_token, access_expires_at) = self.access_token(user.id, session_id, now)?;
         tracing::info!(
             event = "user.logged_in",
@@ -161,6 +178,26 @@ impl Sessions {
             refresh_token,
             refresh_expires_at,
         })
+    }
+
+    /// Checks `password` against the active account, then against the newest pending
+    /// registration (a dummy hash standing in for a missing one); returns the first row it
+    /// opens. Every refusal costs the same two hashes.
+    async fn check(
+        &self,
+        password: &SecretString,
+        candidates: db::sessions::Candidates,
+    ) -> Result<Option<(db::sessions::Credentials, Verification)>, LoginError> {
+        for candidate in [candidates.active, candidates.pending] {
+            let stored = candidate
+                .as_ref()
+                .map_or(self.dummy_hash.as_str(), |c| c.password_hash.as_str());
+            let verification = self.hasher.verify(password.expose_secret(), stored).await?;
+            if let Some(found) = candidate.filter(|_| verification.matches) {
+                return Ok(Some((found, verification)));
+            }
+        }
+        Ok(None)
     }
 
     /// The password hashed with the current parameters, computed while no connection is held.

@@ -159,7 +159,10 @@ impl TestApp {
     ) -> Result<pb::VerifyEmailResponse, Status> {
         self.client
             .clone()
-            .verify_email(pb::VerifyEmailRequest { proof: Some(proof) })
+            .verify_email(pb::VerifyEmailRequest {
+                proof: Some(proof),
+                password: PASSWORD.into(),
+            })
             .await
             .map(tonic::Response::into_inner)
     }
