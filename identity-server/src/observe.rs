@@ -59,6 +59,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let (service, method) = rpc_of(request.uri().path());
+        // Every gRPC and gRPC-Web call is a POST; anything else (a CORS preflight, which the
+        // CORS layer answers 200 for any path) is no call of ours.
+        let rpc = request.method() == http::Method::POST;
         let span = tracing::info_span!(
             "rpc",
             otel.name = %format_args!("{service}/{method}"),
@@ -81,7 +84,7 @@ where
                 let response = response.await;
                 if let Ok(response) = &response {
                     let code = status_code(response);
-                    let served = is_served(response, code);
+                    let served = rpc && is_served(response, code);
                     record(&tracing::Span::current(), code, served);
                     if metrics {
                         let (service, method) = if served {
@@ -125,9 +128,9 @@ fn record(span: &tracing::Span, code: u16, served: bool) {
 /// The service and method label of calls to paths the server does not serve.
 const UNKNOWN: &str = "unknown";
 
-/// Whether the call reached one of our RPCs: not UNIMPLEMENTED (12, what the router answers for
-/// any other path), and an HTTP 200. Other calls are labelled [`UNKNOWN`], so a client sending
-/// made-up paths cannot create new series without bound.
+/// Whether a POST reached one of our RPCs: not UNIMPLEMENTED (12, what the router answers for
+/// any other path), and an HTTP 200. Other requests (and any that is not a POST) are labelled
+/// [`UNKNOWN`], so a client sending made-up paths cannot create new series without bound.
 fn is_served<R>(response: &http::Response<R>, code: u16) -> bool {
     response.status() == http::StatusCode::OK && code != 12
 }

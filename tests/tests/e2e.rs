@@ -3,7 +3,8 @@
 
 use identity_proto::identity::v1 as pb;
 use identity_tests::{
-    pg::TestDb,
+    http::scrape,
+    pg::{TestDb, free_port},
     process,
     server::{Server, keygen_for, register_request},
 };
@@ -185,6 +186,63 @@ async fn grpc_web_calls_and_cors_preflights_are_answered_on_the_grpc_port() {
     assert!(
         !stranger.contains("access-control-allow-origin"),
         "{stranger}"
+    );
+}
+
+/// The series of the RPC duration histogram the server exposes (one `_count` line each).
+fn rpc_series(exposition: &str) -> Vec<&str> {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with("rpc_server_call_duration_seconds_count{"))
+        .map(|line| line.rsplit_once(' ').map_or(line, |(series, _)| series))
+        .collect()
+}
+
+#[tokio::test]
+async fn options_requests_to_made_up_paths_add_no_metric_series() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let server = Server::start(&[
+        ("IDENTITY_METRICS_ADDR", metrics_addr.as_str()),
+        ("IDENTITY_CORS_ALLOWED_ORIGINS", "https://app.example.com"),
+    ])
+    .await;
+    // A real preflight first, so its label (if any) is already there.
+    let preflight = |path: String| {
+        format!(
+            "OPTIONS {path} HTTP/1.1\r\nHost: identity\r\nOrigin: https://app.example.com\r\n\
+             Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+        )
+    };
+    http1(
+        &server.addr,
+        &preflight("/identity.v1.RegistrationService/Register".into()),
+        b"",
+    )
+    .await;
+    let before = scrape(&metrics_addr).await;
+
+    for i in 0..1000 {
+        let answer = http1(
+            &server.addr,
+            &preflight(format!("/made.up{i}.Service/Method{i}")),
+            b"",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    let after = scrape(&metrics_addr).await;
+    let (before, after) = (rpc_series(&before), rpc_series(&after));
+    let added: Vec<&&str> = after.iter().filter(|s| !before.contains(s)).collect();
+    assert!(
+        added.len() <= 1,
+        "1,000 OPTIONS to made-up paths added {} series, e.g. {:?}",
+        added.len(),
+        &added[..added.len().min(3)]
+    );
+    assert!(
+        added.iter().all(|s| !s.contains("made.up")),
+        "a made-up path became a label: {added:?}"
     );
 }
 

@@ -81,7 +81,7 @@ impl Relay {
                 }
             }
             let token = Uuid::new_v4();
-            self.held_mut().insert(token);
+            self.held_mut().insert(token, Vec::new());
             let sent = Instant::now();
             let claimed = match self.pool.get().await {
                 Ok(mut conn) => store::claim_events(
@@ -105,6 +105,7 @@ impl Relay {
                     }
                 }
                 Ok(batch) => {
+                    self.hold(token, &batch);
                     let fault = self.publish_batch(&publisher, token, sent, batch).await;
                     self.held_mut().remove(&token);
                     match fault {
@@ -209,6 +210,7 @@ impl Relay {
         let settled = async {
             let mut conn = self.pool.get().await?;
             let mut published = Vec::new();
+            let mut not_sent = Vec::new();
             for (event, outcome) in batch.iter().zip(outcomes) {
                 match outcome {
                     Outcome::Published { duplicate } => {
@@ -237,12 +239,12 @@ impl Relay {
                         count(event, "dead_lettered");
                         store::dead_letter(&mut conn, event.id, token, 0, &reason).await?;
                     }
-                    Outcome::NotSent => {}
+                    Outcome::NotSent => not_sent.push(event.id),
                 }
             }
             store::complete_many(&mut conn, &published, token).await?;
-            // What is left under the token was not sent: available again at once.
-            store::release(&mut conn, &[token]).await?;
+            // What was not sent is available again at once.
+            store::release(&mut conn, &not_sent, &[token]).await?;
             anyhow::Ok(())
         };
         if let Err(e) = settled.await {

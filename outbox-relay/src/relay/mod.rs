@@ -17,7 +17,7 @@ mod lease;
 mod verdict;
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -79,8 +79,9 @@ pub struct Relay {
     events: Option<Arc<Publisher>>,
     config: RelayConfig,
     budget: lease::Budget,
-    /// Lease tokens of batches being processed, released at shutdown.
-    held: Mutex<HashSet<Uuid>>,
+    /// Batches being processed, by lease token, with the ids of their messages (empty while the
+    /// claim is in flight): released at shutdown, by primary key.
+    held: Mutex<HashMap<Uuid, Vec<Uuid>>>,
     /// Sending is paused until then (after the SMTP server refused us).
     paused_until: Mutex<Option<Instant>>,
     /// Set once shutdown began.
@@ -200,13 +201,11 @@ impl Relay {
             let Ok(mut conn) = self.pool.get().await else {
                 continue;
             };
-            if let Ok(backlog) = store::backlog(&mut conn, store::Channel::Email).await {
-                metrics::gauge!(crate::metrics::PENDING).set(backlog.pending as f64);
-                metrics::gauge!(crate::metrics::OLDEST_AGE).set(backlog.oldest_age_secs);
-            }
-            if let Ok(backlog) = store::backlog(&mut conn, store::Channel::Event).await {
-                metrics::gauge!(crate::metrics::EVENTS_PENDING).set(backlog.pending as f64);
-                metrics::gauge!(crate::metrics::EVENTS_OLDEST_AGE).set(backlog.oldest_age_secs);
+            if let Ok((emails, events)) = store::backlogs(&mut conn).await {
+                metrics::gauge!(crate::metrics::PENDING).set(emails.pending as f64);
+                metrics::gauge!(crate::metrics::OLDEST_AGE).set(emails.oldest_age_secs);
+                metrics::gauge!(crate::metrics::EVENTS_PENDING).set(events.pending as f64);
+                metrics::gauge!(crate::metrics::EVENTS_OLDEST_AGE).set(events.oldest_age_secs);
             }
         }
     }
@@ -276,8 +275,7 @@ impl Relay {
     /// lease started at the earliest.
     async fn claim(&self, token: Uuid) -> anyhow::Result<(Vec<Claimed>, Instant)> {
         let mut conn = self.pool.get().await?;
-        // Recorded before the claim, so a shutdown racing it still releases what it took.
-        self.held_mut().insert(token);
+        self.held_mut().insert(token, Vec::new());
         let sent = Instant::now();
         let batch = store::claim(
             &mut conn,
@@ -286,6 +284,7 @@ impl Relay {
             self.config.batch_size,
         )
         .await?;
+        self.hold(token, &batch);
         Ok((batch, sent))
     }
 
@@ -304,17 +303,27 @@ impl Relay {
         until.checked_duration_since(Instant::now())
     }
 
-    fn held_mut(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+    fn held_mut(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Uuid>>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Records the messages of the batch claimed under `token`, for [`Self::release_held`].
+    fn hold(&self, token: Uuid, batch: &[Claimed]) {
+        self.held_mut()
+            .insert(token, batch.iter().map(|message| message.id).collect());
+    }
+
+    /// Releases the messages of the batches still being processed, by primary key. A batch
+    /// whose claim had not returned yet keeps its lease until it lapses.
     async fn release_held(&self) {
-        let tokens: Vec<Uuid> = self.held_mut().drain().collect();
-        if tokens.is_empty() {
+        let held: Vec<(Uuid, Vec<Uuid>)> = self.held_mut().drain().collect();
+        let tokens: Vec<Uuid> = held.iter().map(|(token, _)| *token).collect();
+        let ids: Vec<Uuid> = held.into_iter().flat_map(|(_, ids)| ids).collect();
+        if ids.is_empty() {
             return;
         }
         match self.pool.get().await {
-            Ok(mut conn) => match store::release(&mut conn, &tokens).await {
+            Ok(mut conn) => match store::release(&mut conn, &ids, &tokens).await {
                 Ok(released) => tracing::info!(released, "released unfinished leases"),
                 Err(e) => {
                     tracing::warn!(error.message = %e, "cannot release leases; they lapse on their own")

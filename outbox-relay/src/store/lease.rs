@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use diesel::{
     OptionalExtension, QueryResult, QueryableByName,
-    prelude::*,
-    sql_types::{BigInt, Double, Timestamptz, Uuid as SqlUuid},
+    sql_types::{Array, BigInt, Double, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Claimed, schema::outbox};
+use super::Claimed;
 
 /// Leases the oldest available emails (the `email` channel; domain events are claimed on their
 /// own). `available_at` moves with the lease, so one condition
@@ -80,15 +79,23 @@ pub async fn extend(
     Ok(extended.map(|row| row.now))
 }
 
-/// Releases every message still leased under `lease_tokens`, for another relay to take now.
-pub async fn release(conn: &mut AsyncPgConnection, lease_tokens: &[Uuid]) -> QueryResult<usize> {
-    diesel::update(outbox::table)
-        .filter(outbox::lease_token.eq_any(lease_tokens))
-        .set((
-            outbox::lease_token.eq(None::<Uuid>),
-            outbox::leased_until.eq(None::<OffsetDateTime>),
-            outbox::available_at.eq(diesel::dsl::now),
-        ))
+/// Makes the messages `$1` (ids) still leased under one of `$2` (lease tokens) available again
+/// at once. The rows are found by primary key: no index holds the lease token, and the outbox
+/// may hold millions of rows.
+const RELEASE: &str = "UPDATE outbox
+    SET lease_token = NULL, leased_until = NULL, available_at = now()
+  WHERE id = ANY($1) AND lease_token = ANY($2)";
+
+/// Releases the messages `ids` still leased under one of `lease_tokens`, for another relay to
+/// take now.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    lease_tokens: &[Uuid],
+) -> QueryResult<usize> {
+    diesel::sql_query(RELEASE)
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<SqlUuid>, _>(lease_tokens)
         .execute(conn)
         .await
 }
@@ -142,5 +149,102 @@ mod tests {
         );
         assert!(!plan.contains("Sort"), "{plan}");
         assert!(!plan.contains("Seq Scan"), "{plan}");
+    }
+
+    /// The plan of `query`, bound by `bind`, when the outbox holds a backlog.
+    async fn plan_on_a_backlog(
+        query: &str,
+        bind: impl AsyncFnOnce(&str, &mut AsyncPgConnection) -> Vec<PlanLine>,
+    ) -> String {
+        let db = TestDb::create().await;
+        let mut conn = db.connect().await;
+        diesel::sql_query(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, available_at)
+             SELECT gen_random_uuid(), 'user', 'u', 'email.verification.v1', '{}',
+                    now() - make_interval(secs => i)
+               FROM generate_series(1, 10000) AS i",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("a backlog");
+        diesel::sql_query("ANALYZE outbox")
+            .execute(&mut conn)
+            .await
+            .expect("statistics");
+        let plan = bind(&format!("EXPLAIN {query}"), &mut conn).await;
+        plan.into_iter()
+            .map(|p| p.line)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn releasing_a_batch_finds_its_rows_by_primary_key() {
+        let plan = plan_on_a_backlog(RELEASE, async |explain, conn| {
+            diesel::sql_query(explain)
+                .bind::<Array<SqlUuid>, _>(vec![Uuid::new_v4(), Uuid::new_v4()])
+                .bind::<Array<SqlUuid>, _>(vec![Uuid::new_v4()])
+                .load(conn)
+                .await
+                .expect("the release can be explained")
+        })
+        .await;
+        assert!(
+            plan.contains("Index Scan using outbox_pkey")
+                || plan.contains("Bitmap Index Scan on outbox_pkey"),
+            "{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+    }
+
+    /// `EXPLAIN (ANALYZE)` of `query` (bound to `cap`) on an outbox of 30,000 emails and 30,000
+    /// events: the plan, and the most rows any scan of the outbox returned.
+    async fn backlog_plan(query: &str, cap: i64) -> (String, i64) {
+        let db = TestDb::create().await;
+        let mut conn = db.connect().await;
+        diesel::sql_query(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, created_at)
+             SELECT gen_random_uuid(), 'user', 'u' || (i % 100),
+                    CASE WHEN i % 2 = 0 THEN 'email.verification.v1' ELSE 'identity.user.registered.v1' END,
+                    '{}', now() - make_interval(secs => i)
+               FROM generate_series(1, 60000) AS i",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("a backlog");
+        diesel::sql_query("ANALYZE outbox")
+            .execute(&mut conn)
+            .await
+            .expect("statistics");
+        let plan: Vec<PlanLine> =
+            diesel::sql_query(format!("EXPLAIN (ANALYZE, TIMING OFF) {query}"))
+                .bind::<BigInt, _>(cap)
+                .load(&mut conn)
+                .await
+                .expect("the statement can be explained");
+        let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
+        let most_rows = plan
+            .iter()
+            .filter(|line| line.contains(" on outbox") || line.contains(" on outbox_"))
+            .filter_map(|line| {
+                let actual = line.split("actual ").nth(1)?;
+                let rows = actual.split("rows=").nth(1)?;
+                rows.split(' ').next()?.parse::<i64>().ok()
+            })
+            .max()
+            .unwrap_or_default();
+        (plan.join("\n"), most_rows)
+    }
+
+    #[tokio::test]
+    async fn the_backlog_sample_reads_a_capped_number_of_index_entries_whatever_the_outbox_holds() {
+        let cap = 1_000;
+        let (plan, most_rows) = backlog_plan(crate::store::BACKLOGS, cap).await;
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        assert!(plan.contains("outbox_channel_created_at_idx"), "{plan}");
+        assert!(
+            most_rows <= cap,
+            "a scan returned {most_rows} rows for a count capped at {cap}:\n{plan}"
+        );
     }
 }
