@@ -51,6 +51,73 @@ fn decode<E: DomainEvent + Default>(event: &(String, String, Vec<u8>)) -> E {
     E::decode(event.2.as_slice()).expect("decodes with the generated type")
 }
 
+/// Asks for a reset of `ADDRESS` and resets its password with the emailed token.
+async fn reset_password(app: &TestApp) {
+    let resets = PasswordResetServiceClient::new(app.channel.clone());
+    resets
+        .clone()
+        .request_password_reset(pb::RequestPasswordResetRequest {
+            email: ADDRESS.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("OK");
+    let token = {
+        use schema::outbox::dsl as o;
+        let payload: serde_json::Value = o::outbox
+            .filter(o::kind.eq(EmailPasswordResetV1::KIND))
+            .select(o::payload)
+            .first(&mut app.conn().await)
+            .await
+            .expect("the reset email is queued");
+        serde_json::from_value::<EmailPasswordResetV1>(payload)
+            .expect("parses")
+            .token
+    };
+    resets
+        .clone()
+        .reset_password(pb::ResetPasswordRequest {
+            token,
+            new_password: NEW_PASSWORD.into(),
+        })
+        .await
+        .expect("resets");
+}
+
+#[tokio::test]
+async fn a_user_keeps_at_most_fifty_live_sessions_so_a_reset_writes_a_bounded_number_of_events() {
+    let app = TestApp::spawn_with(|settings| {
+        with_events(settings);
+        support::without_rate_limits(settings);
+    })
+    .await;
+    app.register(ADDRESS).await.expect("registers");
+    let email = app.email_to(ADDRESS).await;
+    app.verify_code(ADDRESS, &email.code)
+        .await
+        .expect("verifies");
+    for _ in 0..55 {
+        login(&app, ADDRESS, PASSWORD).await.expect("logs in");
+    }
+    reset_password(&app).await;
+
+    let reasons: Vec<events::RevocationReason> = queued_events(&app)
+        .await
+        .iter()
+        .filter(|event| event.0 == events::SessionRevoked::TYPE)
+        .map(|event| decode::<events::SessionRevoked>(event).reason())
+        .collect();
+    let count = |reason| reasons.iter().filter(|r| **r == reason).count();
+    assert_eq!(
+        (
+            count(events::RevocationReason::SessionLimit),
+            count(events::RevocationReason::PasswordReset)
+        ),
+        (5, 50),
+        "55 logins end the 5 oldest sessions; the reset revokes (and writes) the 50 live ones"
+    );
+}
+
 #[tokio::test]
 async fn each_change_queues_its_event_in_order_and_none_holds_a_secret() {
     let app = TestApp::spawn_with(with_events).await;

@@ -100,7 +100,8 @@ pub async fn set_password(
     Ok(())
 }
 
-/// Ends every live session of the user; returns their ids.
+/// Ends every live session of the user (at most [`crate::sessions::MAX_LIVE_SESSIONS`]: Login
+/// keeps it so); returns their ids.
 pub async fn revoke_sessions(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
@@ -109,6 +110,7 @@ pub async fn revoke_sessions(
     Ok(diesel::update(sessions::table)
         .filter(sessions::user_id.eq(user_id))
         .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(now))
         .set((
             sessions::revoked_at.eq(now),
             sessions::revoked_reason.eq("password_reset"),

@@ -90,6 +90,36 @@ pub async fn lock_if_password_unchanged(
     Ok(found.is_some())
 }
 
+/// Ends the oldest live sessions of `user_id` beyond the newest `keep`, with the reason
+/// `session_limit`; returns their ids. The caller holds the user's row lock, so concurrent
+/// logins of one user take turns and the bound is exact.
+pub async fn revoke_beyond(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    keep: i64,
+    now: OffsetDateTime,
+) -> Result<Vec<Uuid>, StoreError> {
+    #[derive(QueryableByName)]
+    struct Revoked {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+    }
+    let revoked: Vec<Revoked> = diesel::sql_query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = 'session_limit'
+          WHERE id IN (SELECT id FROM sessions
+                        WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
+                        ORDER BY created_at DESC, id DESC
+                        OFFSET $3)
+          RETURNING id",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(user_id)
+    .bind::<Timestamptz, _>(now)
+    .bind::<diesel::sql_types::BigInt, _>(keep)
+    .load(conn)
+    .await?;
+    Ok(revoked.into_iter().map(|r| r.id).collect())
+}
+
 /// Replaces an outdated password hash, unless it changed meanwhile.
 pub async fn upgrade_password_hash(
     conn: &mut AsyncPgConnection,

@@ -1,6 +1,6 @@
 //! Login: checks a password, throttled per address, and starts a session.
 
-use identity_proto::identity::events::v1::UserLoggedIn;
+use identity_proto::identity::events::v1::{RevocationReason, SessionRevoked, UserLoggedIn};
 use std::time::Duration as StdDuration;
 
 use diesel_async::AsyncConnection;
@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::field;
 use uuid::Uuid;
 
-use super::{Issued, Sessions};
+use super::{Issued, MAX_LIVE_SESSIONS, Sessions};
 use crate::{
     db::{self, StoreError, sessions::Attempt},
     domain::{EmailAddress, UserStatus},
@@ -133,6 +133,18 @@ impl Sessions {
                     )
                     .await?;
                     tracing::info!("password hash upgraded to the current parameters");
+                }
+                // The new session makes MAX_LIVE_SESSIONS at most: the oldest beyond go.
+                let ended =
+                    db::sessions::revoke_beyond(conn, user.id, MAX_LIVE_SESSIONS - 1, now).await?;
+                for session_id in &ended {
+                    let revoked = SessionRevoked {
+                        user_id: user.id.to_string(),
+                        session_id: session_id.to_string(),
+                        reason: RevocationReason::SessionLimit.into(),
+                        revoked_at: Some(identity_proto::timestamp(now)),
+                    };
+                    self.settings.events.record(conn, user.id, &revoked).await?;
                 }
                 db::sessions::insert_session(
                     conn,

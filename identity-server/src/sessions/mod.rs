@@ -25,6 +25,10 @@ use crate::{
 /// The most consecutive failures [`Settings::free_failures`] may allow.
 pub const MAX_FREE_FAILURES: i32 = 32;
 
+/// The most live sessions one user has: a login beyond ends the oldest (reason
+/// `SESSION_LIMIT`), so what a password reset revokes, and writes as events, is bounded.
+pub const MAX_LIVE_SESSIONS: i64 = 50;
+
 /// Access tokens, session lifetime, and the login throttle.
 #[derive(Debug, Clone)]
 pub struct Settings {

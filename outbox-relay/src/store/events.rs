@@ -19,15 +19,18 @@ use uuid::Uuid;
 
 use super::Claimed;
 
-/// Leases the oldest available events whose user has no earlier event in the outbox. The
-/// `NOT EXISTS` probe reads `outbox_event_order_idx`; a row another relay holds locked is skipped,
-/// and since it still exists, so is every later event of its user.
-const CLAIM_EVENTS: &str = "UPDATE outbox
+/// Leases the oldest available head events: each user's earliest event still in the outbox,
+/// marked `head` by the outbox's triggers. The claim reads `outbox_event_head_claim_idx`, which
+/// holds heads only, so a user with a long queue costs it one entry, not one per queued event.
+/// The `NOT EXISTS` probe (one entry of `outbox_event_order_idx`) keeps the order even if a mark
+/// were ever wrong; a row another relay holds locked is skipped, and since it still exists, so
+/// is every later event of its user.
+pub(crate) const CLAIM_EVENTS: &str = "UPDATE outbox
     SET lease_token = $1,
         leased_until = now() + make_interval(secs => $2),
         available_at = now() + make_interval(secs => $2)
   WHERE id = ANY(ARRAY(SELECT o.id FROM outbox o
-                        WHERE o.channel = 'event' AND o.available_at <= now()
+                        WHERE o.channel = 'event' AND o.head AND o.available_at <= now()
                           AND NOT EXISTS (SELECT 1 FROM outbox earlier
                                            WHERE earlier.channel = 'event'
                                              AND earlier.aggregate_type = o.aggregate_type

@@ -223,17 +223,33 @@ mod tests {
                 .await
                 .expect("the statement can be explained");
         let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
-        let most_rows = plan
-            .iter()
-            .filter(|line| line.contains(" on outbox") || line.contains(" on outbox_"))
+        (plan.join("\n"), most_rows(&plan))
+    }
+
+    /// The most rows any scan of the outbox returned in an `EXPLAIN (ANALYZE)`, over all its
+    /// loops.
+    fn most_rows(plan: &[String]) -> i64 {
+        plan.iter()
+            .filter(|line| line.contains(" on outbox"))
             .filter_map(|line| {
                 let actual = line.split("actual ").nth(1)?;
-                let rows = actual.split("rows=").nth(1)?;
-                rows.split(' ').next()?.parse::<i64>().ok()
+                let rows: i64 = actual
+                    .split("rows=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let loops: i64 = actual
+                    .split("loops=")
+                    .nth(1)?
+                    .trim_end_matches(')')
+                    .parse()
+                    .ok()?;
+                Some(rows * loops)
             })
             .max()
-            .unwrap_or_default();
-        (plan.join("\n"), most_rows)
+            .unwrap_or_default()
     }
 
     #[tokio::test]
@@ -242,9 +258,54 @@ mod tests {
         let (plan, most_rows) = backlog_plan(crate::store::BACKLOGS, cap).await;
         assert!(!plan.contains("Seq Scan"), "{plan}");
         assert!(plan.contains("outbox_channel_created_at_idx"), "{plan}");
+        // One scan per channel, each stopping at the cap.
         assert!(
-            most_rows <= cap,
-            "a scan returned {most_rows} rows for a count capped at {cap}:\n{plan}"
+            most_rows <= 2 * cap,
+            "a scan returned {most_rows} rows for a count capped at {cap} per channel:\n{plan}"
+        );
+    }
+
+    /// `EXPLAIN (ANALYZE)` of the event claim `claim` when one user has 10,000 events queued
+    /// (the oldest in the outbox) and 20 others one each.
+    async fn event_claim_plan(claim: &str) -> (String, i64) {
+        let db = TestDb::create().await;
+        let mut conn = db.connect().await;
+        for (user, events, age) in [("busy", 10_000, 3_600), ("quiet", 1, 60)] {
+            let users = if user == "busy" { 1 } else { 20 };
+            diesel::sql_query(format!(
+                "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, available_at)
+                 SELECT gen_random_uuid(), 'user', '{user}' || u, 'identity.user.logged_in.v1',
+                        '{{}}', now() - make_interval(secs => {age} - e * 0.001)
+                   FROM generate_series(1, {users}) AS u, generate_series(1, {events}) AS e
+                  ORDER BY e, u"
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("events");
+        }
+        diesel::sql_query("ANALYZE outbox")
+            .execute(&mut conn)
+            .await
+            .expect("statistics");
+        let plan: Vec<PlanLine> =
+            diesel::sql_query(format!("EXPLAIN (ANALYZE, TIMING OFF) {claim}"))
+                .bind::<SqlUuid, _>(Uuid::new_v4())
+                .bind::<Double, _>(30.0)
+                .bind::<BigInt, _>(64)
+                .load(&mut conn)
+                .await
+                .expect("the claim can be explained");
+        let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
+        (plan.join("\n"), most_rows(&plan))
+    }
+
+    #[tokio::test]
+    async fn one_users_long_event_queue_costs_the_event_claim_one_entry() {
+        let (plan, most_rows) = event_claim_plan(crate::store::events::CLAIM_EVENTS).await;
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        assert!(
+            most_rows <= 64,
+            "a scan returned {most_rows} rows to claim 21 users' first events:\n{plan}"
         );
     }
 }

@@ -17,6 +17,7 @@ diesel::table! {
         tracestate -> Nullable<Text>,
         channel -> Text,
         seq -> Int8,
+        head -> Bool,
     }
 }
 
