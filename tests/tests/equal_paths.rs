@@ -195,6 +195,33 @@ async fn resend_runs_the_same_statements_whatever_the_address() {
     );
 }
 
+#[tokio::test]
+async fn a_refused_login_runs_the_same_statements_whatever_the_address() {
+    let counter = StatementCounter::start().await;
+    let server = Server::start_on(counter.db.clone(), ENV).await;
+    activate(&server, "active@example.com").await;
+    server.register("pending@example.com").await;
+    let channel = server.channel().await;
+    let login = async |email: &str| {
+        let refused = pb::session_service_client::SessionServiceClient::new(channel.clone())
+            .login(pb::LoginRequest {
+                email: email.into(),
+                password: "not-the-password-of-anyone-1".into(),
+            })
+            .await
+            .expect_err("a wrong password");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{email}");
+    };
+
+    let cases = [
+        ("an unknown address", "nobody@example.com"),
+        ("an active account", "active@example.com"),
+        ("a pending registration", "pending@example.com"),
+        ("another unknown address", "nobody.else@example.com"),
+    ];
+    assert_same_statements(&counter, "a refused Login", &cases, login).await;
+}
+
 /// The median of `samples`, in milliseconds.
 fn median_ms(samples: &mut [Duration]) -> f64 {
     samples.sort();
