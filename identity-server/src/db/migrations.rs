@@ -29,6 +29,12 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 /// read as a big-endian integer, 7594306396727374969.
 pub const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"identity");
 
+/// How often a process waiting for the migration lock tries again. It polls rather than
+/// blocks: a statement blocked on the lock keeps a transaction open, and `CREATE INDEX
+/// CONCURRENTLY` in the migration that holds the lock waits for every open transaction, so the
+/// two would wait on each other (PostgreSQL reports a deadlock).
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 
 #[diesel::declare_sql_function]
@@ -70,20 +76,31 @@ pub async fn pending_migrations(url: &SecretString) -> anyhow::Result<Vec<String
     let conn = Connector::new(url.expose_secret())?.connect().await?;
     tokio::task::spawn_blocking(move || {
         let mut conn = SyncConnection::from(conn);
-        let applied = conn.transaction(|conn| {
-            let taken = diesel::select(pg_try_advisory_xact_lock_shared(MIGRATION_LOCK_KEY))
-                .get_result::<bool>(conn)?;
-            if !taken {
-                tracing::info!(
-                    lock_key = MIGRATION_LOCK_KEY,
-                    "another process is applying migrations; waiting for it"
-                );
-                diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1)")
-                    .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
-                    .execute(conn)?;
+        let mut told = false;
+        let applied = loop {
+            let read = conn.transaction(|conn| {
+                let taken = diesel::select(pg_try_advisory_xact_lock_shared(MIGRATION_LOCK_KEY))
+                    .get_result::<bool>(conn)?;
+                if taken {
+                    applied_versions(conn).map(Some)
+                } else {
+                    Ok(None)
+                }
+            });
+            match read {
+                Ok(Some(applied)) => break Ok(applied),
+                Ok(None) => {
+                    if !std::mem::replace(&mut told, true) {
+                        tracing::info!(
+                            lock_key = MIGRATION_LOCK_KEY,
+                            "another process is applying migrations; waiting for it"
+                        );
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(e) => break Err(e),
             }
-            applied_versions(conn)
-        });
+        };
         let applied = applied.map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
         let embedded = MigrationSource::<Pg>::migrations(&MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("reading embedded migrations: {e}"))?;
@@ -132,16 +149,17 @@ async fn under_migration_lock<T: Send + 'static>(
     // a blocking thread.
     tokio::task::spawn_blocking(move || {
         let mut conn = SyncConnection::from(conn);
-        let taken = diesel::select(pg_try_advisory_lock(MIGRATION_LOCK_KEY))
-            .get_result::<bool>(&mut conn)?;
-        if !taken {
-            tracing::info!(
-                lock_key = MIGRATION_LOCK_KEY,
-                "another process holds the migration lock; waiting for it"
-            );
-            diesel::sql_query("SELECT pg_advisory_lock($1)")
-                .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
-                .execute(&mut conn)?;
+        let mut told = false;
+        while !diesel::select(pg_try_advisory_lock(MIGRATION_LOCK_KEY))
+            .get_result::<bool>(&mut conn)?
+        {
+            if !std::mem::replace(&mut told, true) {
+                tracing::info!(
+                    lock_key = MIGRATION_LOCK_KEY,
+                    "another process holds the migration lock; waiting for it"
+                );
+            }
+            std::thread::sleep(LOCK_POLL);
         }
         let outcome = work(&mut conn);
         // Closing the connection would release it too; say so explicitly while it is open.
