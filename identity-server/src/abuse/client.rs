@@ -146,7 +146,8 @@ impl ForwardedHeader {
 }
 
 /// The client's IP address as the limits see it: IPv4 (mapped addresses included) as is,
-/// IPv6 reduced to its /64, the smallest block one subscriber usually holds.
+/// IPv6 reduced to its /64, the smallest block one subscriber usually holds (its /48 and /32
+/// have limits of their own too: [`ClientIp::ipv6_network`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientIp(IpAddr);
 
@@ -157,6 +158,21 @@ impl ClientIp {
             IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
             IpAddr::V6(v6) => Self(IpAddr::V6(mask_v6(v6, 64))),
         }
+    }
+}
+
+impl ClientIp {
+    /// The IPv6 network of `prefix` bits (at most 64) this client lies in, e.g. its /48;
+    /// `None` for an IPv4 client.
+    pub fn ipv6_network(&self, prefix: u8) -> Option<Cidr> {
+        let IpAddr::V6(ip) = self.0 else {
+            return None;
+        };
+        let prefix = prefix.min(64);
+        Some(Cidr {
+            network: IpAddr::V6(mask_v6(ip, prefix)),
+            prefix,
+        })
     }
 }
 
@@ -464,6 +480,23 @@ mod tests {
         assert_ne!(
             ClientIp::new(ip("2001:db8:1:2::1")),
             ClientIp::new(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_names_its_wider_networks_and_an_ipv4_client_none() {
+        let client = ClientIp::new(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"));
+        let network = |prefix| client.ipv6_network(prefix).map(|c| c.to_string());
+        assert_eq!(network(48).as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(network(32).as_deref(), Some("2001:db8::/32"));
+        assert_eq!(
+            ClientIp::new(ip("2001:db8:1:ffff::1")).ipv6_network(48),
+            client.ipv6_network(48)
+        );
+        assert_eq!(ClientIp::new(ip("203.0.113.9")).ipv6_network(48), None);
+        assert_eq!(
+            ClientIp::new(ip("::ffff:203.0.113.9")).ipv6_network(48),
+            None
         );
     }
 
