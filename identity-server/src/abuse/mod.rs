@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 pub use self::{
-    client::{ClientIdentity, ClientIp, ForwardedHeader, TrustedProxies},
+    client::{ClientIdentity, ClientIp, ForwardedHeader, TraceContextTrust, TrustedProxies},
     limits::{Action, Limits, Rate, Scope},
 };
 use crate::{
