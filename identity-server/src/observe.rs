@@ -1,5 +1,7 @@
-//! Every gRPC (and gRPC-Web) call observed in one place: its span, which continues the
-//! caller's W3C trace and carries OpenTelemetry's RPC attributes, and its duration in
+//! Every gRPC (and gRPC-Web) call observed in one place: its span, which carries
+//! OpenTelemetry's RPC attributes and continues the caller's W3C trace when the caller is trusted
+//! to send one ([`ClientIdentity::continues_trace_of`]; any other caller's span is only linked,
+//! so a caller on the public edge cannot steer our sampling), and its duration in
 //! [`RPC_DURATION`] when metrics are exported.
 //!
 //! The span is the parent of every log line and span of the call, so each log line says which
@@ -8,22 +10,27 @@
 
 use std::{
     future::Future,
+    net::IpAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
 
 use identity_proto::telemetry;
+use opentelemetry::trace::TraceContextExt;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{Instrument, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::RPC_DURATION;
+use crate::{abuse::ClientIdentity, metrics::RPC_DURATION};
 
 /// See the module documentation. `metrics` says whether an exporter is installed; without one
-/// no duration is recorded.
-#[derive(Debug, Clone, Copy)]
+/// no duration is recorded. `callers` says whose trace context is continued.
+#[derive(Debug, Clone)]
 pub struct ObserveLayer {
     pub metrics: bool,
+    pub callers: Arc<ClientIdentity>,
 }
 
 impl<S> tower::Layer<S> for ObserveLayer {
@@ -33,6 +40,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics,
+            callers: Arc::clone(&self.callers),
         }
     }
 }
@@ -42,6 +50,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: bool,
+    callers: Arc<ClientIdentity>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Observe<S>
@@ -72,9 +81,17 @@ where
             rpc.method = %method,
             rpc.grpc.status_code = field::Empty,
         );
-        if let Some(parent) = telemetry::remote_parent(request.headers()) {
-            // Fails only without the OpenTelemetry layer, when there is no trace to continue.
-            let _ = span.set_parent(parent);
+        if let Some(caller) = telemetry::remote_parent(request.headers()) {
+            if self
+                .callers
+                .continues_trace_of(peer_of(request.extensions()))
+            {
+                // Fails only without the OpenTelemetry layer, when there is no trace to continue.
+                let _ = span.set_parent(caller);
+            } else {
+                // A trace of our own, sampled by our sampler; the caller's span is a link.
+                span.add_link(caller.span().span_context().clone());
+            }
         }
         let started = Instant::now();
         let response = span.in_scope(|| self.inner.call(request));
@@ -123,6 +140,19 @@ fn record(span: &tracing::Span, code: u16, served: bool) {
     if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
         span.record("otel.status_code", "error");
     }
+}
+
+/// The socket peer of a request, as tonic's server records it (plaintext or TLS).
+fn peer_of(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .and_then(TcpConnectInfo::remote_addr)
+        .map(|addr| addr.ip())
 }
 
 /// The service and method label of calls to paths the server does not serve.

@@ -93,7 +93,7 @@ pub struct Settings {
     /// Browser origins allowed to call over gRPC-Web; empty allows none.
     pub cors_allowed_origins: Vec<HeaderValue>,
     pub janitor: janitor::Settings,
-    /// Client identity and rate limits ([`abuse`]).
+    /// Client identity (and whose trace context a call continues) and rate limits ([`abuse`]).
     pub abuse: abuse::Settings,
     /// How often readiness checks the database.
     pub readiness_interval: Duration,
@@ -113,6 +113,8 @@ pub struct Application {
     sessions: Arc<Sessions>,
     password_reset: Arc<PasswordReset>,
     door: Arc<Door>,
+    /// Who calls: whose trace context a call continues.
+    callers: Arc<abuse::ClientIdentity>,
     challenges: Arc<Challenges>,
     keys: Arc<KeyDirectory>,
     pool: db::Pool,
@@ -170,6 +172,7 @@ impl Application {
             settings.challenge,
         )?);
         let janitor = Janitor::new(pool.clone(), Arc::clone(&clock), settings.janitor);
+        let callers = Arc::new(settings.abuse.identity.clone());
         let door = Arc::new(Door::new(pool.clone(), Arc::clone(&clock), settings.abuse));
         if let Some(addr) = settings.metrics_addr {
             metrics::install(addr)?;
@@ -196,6 +199,7 @@ impl Application {
             sessions,
             password_reset,
             door,
+            callers,
             challenges,
             keys: settings.keys,
             pool,
@@ -309,9 +313,10 @@ impl Application {
         let router = builder
             // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
             .accept_http1(true)
-            // A span per call (continuing the caller's trace) and its duration.
+            // A span per call (continuing a trusted caller's trace) and its duration.
             .layer(ObserveLayer {
                 metrics: self.metrics,
+                callers: self.callers,
             })
             .layer(cors(self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())

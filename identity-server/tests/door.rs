@@ -283,3 +283,134 @@ async fn concurrent_calls_on_one_replica_share_one_batch() {
         .expect("one row");
     assert_eq!(row.tat - now, Duration::milliseconds(16 * 1125));
 }
+
+#[tokio::test]
+async fn the_slash_64s_of_one_slash_48_share_its_limit_and_fill_its_usage() {
+    let app = TestApp::spawn().await;
+    // The default per-IP limit (10/1h+5); one call from each /64 of 2001:db8:1::/48.
+    let door = door(&app, "register.address=off");
+
+    let mut usage = Vec::new();
+    let mut refused = None;
+    for i in 0..200u32 {
+        let ip = client(&format!("2001:db8:1:{i:x}::1"));
+        match door.admit(ip, Action::Register, None).await {
+            Ok(admission) => usage.push(admission.ip_usage()),
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+
+    // The /48's limit is 16 times the per-IP one (160/1h+80): each call counts towards it,
+    // and its usage, the fullest, is what the adaptive challenge reads.
+    assert_eq!(usage.len(), 80, "calls admitted before the /48 is full");
+    assert_eq!(
+        usage[39],
+        Some(Usage {
+            used: 40,
+            burst: 80
+        })
+    );
+    assert_eq!(
+        usage[79],
+        Some(Usage {
+            used: 80,
+            burst: 80
+        })
+    );
+    let Some(AdmitError::RateLimited {
+        scope, retry_after, ..
+    }) = refused
+    else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert_eq!(scope.name(), "ip48");
+    // One call of the /48 every 22.5 s.
+    assert_eq!(retry_after, StdDuration::from_millis(22_500));
+    let elsewhere = door
+        .admit(client("2001:db8:2::1"), Action::Register, None)
+        .await
+        .expect("another /48 has a limit of its own");
+    assert_eq!(elsewhere.ip_usage(), Some(Usage { used: 1, burst: 5 }));
+}
+
+#[tokio::test]
+async fn the_slash_48s_of_one_slash_32_share_its_limit() {
+    let app = TestApp::spawn().await;
+    let door = door(&app, "register.address=off,register.ip32=8/1h");
+
+    let mut admitted = 0;
+    let mut refused = None;
+    for i in 0..20u32 {
+        // The i-th /48 of 2001:db8::/32.
+        match door
+            .admit(
+                client(&format!("2001:db8:{i:x}::1")),
+                Action::Register,
+                None,
+            )
+            .await
+        {
+            Ok(_) => admitted += 1,
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+
+    assert_eq!(admitted, 8);
+    assert!(
+        matches!(
+            refused,
+            Some(AdmitError::RateLimited {
+                scope: Scope::Ip32,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn generous_ipv6_limits_charged_in_batches_still_admit_exactly_what_the_slash_48_allows() {
+    let app = TestApp::spawn().await;
+    // Batches of 3 cells on the /64, the /48 and the /32 together.
+    let door = door(
+        &app,
+        "refresh_session.ip=100/1h,refresh_session.ip48=150/1h",
+    );
+    let admitted_from = async |ip: &str| {
+        let mut admitted = 0;
+        for _ in 0..120 {
+            if door
+                .admit(client(ip), Action::RefreshSession, None)
+                .await
+                .is_ok()
+            {
+                admitted += 1;
+            }
+        }
+        admitted
+    };
+
+    let first = admitted_from("2001:db8:1:1::1").await;
+    let second = admitted_from("2001:db8:1:2::1").await;
+
+    assert_eq!((first, second), (100, 50));
+    let refused = door
+        .admit(client("2001:db8:1:3::1"), Action::RefreshSession, None)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(AdmitError::RateLimited {
+                scope: Scope::Ip48,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}

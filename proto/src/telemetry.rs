@@ -11,7 +11,9 @@
 //!   `OTEL_TRACES_EXPORTER=none` turn the export off.
 //! - **Trace context** crosses process boundaries as W3C `traceparent`/`tracestate`: read from
 //!   a caller's gRPC metadata ([`remote_parent`]), written into an outbox row
-//!   ([`TraceContext::of`]) and read back by the relay ([`TraceContext::parent`]).
+//!   ([`TraceContext::of`]) and read back by the relay ([`TraceContext::parent`]). Each of them
+//!   caps the `tracestate` at [`MAX_TRACESTATE_LEN`] characters ([`capped`]), so what a caller
+//!   sends cannot bloat every row, event header and exported span.
 //!
 //! Only spans of our own crates at `INFO` or above become OpenTelemetry spans, whatever
 //! `RUST_LOG` says: quieting the log does not thin the traces, and library internals (h2,
@@ -23,7 +25,9 @@ use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::SystemT
 use opentelemetry::{
     Context, KeyValue,
     propagation::{Extractor, TextMapPropagator},
-    trace::{Link, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider as _},
+    trace::{
+        Link, SpanContext, SpanKind, TraceContextExt, TraceState, Tracer, TracerProvider as _,
+    },
 };
 use opentelemetry_sdk::{
     Resource,
@@ -286,8 +290,53 @@ where
     }
 }
 
+/// Most characters of `tracestate` kept: the W3C limit every vendor must be able to pass on
+/// (its 32 list members may add up to ~16 KB, which a propagator may cut).
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+/// Members longer than this are the first dropped when a `tracestate` must be cut (W3C Trace
+/// Context, "tracestate Limits").
+const LONG_TRACESTATE_MEMBER: usize = 128;
+
+/// `state` cut to at most [`MAX_TRACESTATE_LEN`] characters at member boundaries, as W3C Trace
+/// Context recommends: when it is too long, members over 128 characters go first, then members
+/// from the end (the most recently added come first, so the oldest go).
+pub fn capped(state: &TraceState) -> TraceState {
+    let header = state.header();
+    if header.len() <= MAX_TRACESTATE_LEN {
+        return state.clone();
+    }
+    let mut length = 0;
+    let kept: Vec<(&str, &str)> = state
+        .into_iter()
+        .filter(|(key, value)| key.len() + 1 + value.len() <= LONG_TRACESTATE_MEMBER)
+        .take_while(|(key, value)| {
+            // A comma before every member but the first.
+            length += usize::from(length > 0) + key.len() + 1 + value.len();
+            length <= MAX_TRACESTATE_LEN
+        })
+        .collect();
+    // Members of a parsed state are valid, so this cannot fail; an empty state if it did.
+    TraceState::from_key_value(kept).unwrap_or_default()
+}
+
+/// `context` with its span context's `tracestate` [`capped`].
+fn with_capped_state(context: &Context) -> Context {
+    let span = context.span();
+    let span_context = span.span_context();
+    let capped = SpanContext::new(
+        span_context.trace_id(),
+        span_context.span_id(),
+        span_context.trace_flags(),
+        span_context.is_remote(),
+        capped(span_context.trace_state()),
+    );
+    Context::new().with_remote_span_context(capped)
+}
+
 /// The caller's trace context from a request's `traceparent` and `tracestate` headers (gRPC
-/// metadata), if it sent one.
+/// metadata), if it sent one, with the `tracestate` [`capped`]. The server decides whether to
+/// continue it (a trusted caller) or only link to it.
 pub fn remote_parent(headers: &http::HeaderMap) -> Option<Context> {
     struct Headers<'a>(&'a http::HeaderMap);
     impl Extractor for Headers<'_> {
@@ -300,7 +349,7 @@ pub fn remote_parent(headers: &http::HeaderMap) -> Option<Context> {
     }
     headers
         .contains_key("traceparent")
-        .then(|| TraceContextPropagator::new().extract(&Headers(headers)))
+        .then(|| with_capped_state(&TraceContextPropagator::new().extract(&Headers(headers))))
 }
 
 /// A span's W3C trace context, as stored in an outbox row.
@@ -311,10 +360,11 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// The context of `span`, or `None` when it is not traced.
+    /// The context of `span`, or `None` when it is not traced; its `tracestate` [`capped`].
     pub fn of(span: &tracing::Span) -> Option<Self> {
         let mut carrier = HashMap::new();
-        TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+        TraceContextPropagator::new()
+            .inject_context(&with_capped_state(&span.context()), &mut carrier);
         Some(Self {
             traceparent: carrier.remove("traceparent")?,
             tracestate: carrier
@@ -323,14 +373,21 @@ impl TraceContext {
         })
     }
 
-    /// The remote parent this context names; invalid when the stored text is not a valid
-    /// `traceparent`.
+    /// The remote parent this context names, its `tracestate` [`capped`]; invalid when the
+    /// stored text is not a valid `traceparent`.
     pub fn parent(traceparent: &str, tracestate: Option<&str>) -> Context {
         let mut carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
         if let Some(state) = tracestate {
             carrier.insert("tracestate".to_owned(), state.to_owned());
         }
-        TraceContextPropagator::new().extract(&carrier)
+        with_capped_state(&TraceContextPropagator::new().extract(&carrier))
+    }
+
+    /// A stored `tracestate` [`capped`], as it may be passed on (an event's header); `None`
+    /// when nothing of it is left or it is not a valid `tracestate`.
+    pub fn capped_tracestate(tracestate: &str) -> Option<String> {
+        let state = tracestate.parse::<TraceState>().ok()?;
+        Some(capped(&state).header()).filter(|header| !header.is_empty())
     }
 }
 
@@ -422,6 +479,76 @@ mod tests {
                 .span_context()
                 .is_valid()
         );
+    }
+
+    /// 32 members, the most W3C allows: two short ones, then 30 of 511 characters each.
+    fn oversized() -> String {
+        let mut members = vec![
+            "congo=t61rcWkgMzE".to_owned(),
+            "rojo=00f067aa0ba902b7".to_owned(),
+        ];
+        members.extend((0..30).map(|i| format!("{}{i:02}={}", "k".repeat(252), "v".repeat(256))));
+        members.join(",")
+    }
+
+    #[test]
+    fn a_tracestate_within_the_cap_is_kept_whole() {
+        let long_member = format!("vendor={}", "x".repeat(200));
+        let within = format!("{long_member},congo=t61rcWkgMzE");
+        assert_eq!(
+            TraceContext::capped_tracestate(&within).as_deref(),
+            Some(within.as_str())
+        );
+    }
+
+    #[test]
+    fn a_longer_tracestate_loses_its_long_members_then_its_last_ones() {
+        assert_eq!(
+            TraceContext::capped_tracestate(&oversized()).as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+        // 32 short members (23 characters each, 767 with the commas): the first 21 fit in 512.
+        let short: Vec<String> = (0..32)
+            .map(|i| format!("vendor{i:02}=abcdefghijklmn"))
+            .collect();
+        let capped = TraceContext::capped_tracestate(&short.join(",")).expect("a state");
+        assert_eq!(capped, short[..21].join(","));
+        assert!(capped.len() <= MAX_TRACESTATE_LEN);
+        assert_eq!(TraceContext::capped_tracestate("not a tracestate"), None);
+    }
+
+    #[test]
+    fn a_caller_s_context_keeps_its_ids_and_flags_with_its_state_capped() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        headers.insert("tracestate", oversized().parse().expect("ASCII"));
+        let context = remote_parent(&headers).expect("a context");
+        let span = context.span();
+        let caller = span.span_context();
+        assert!(caller.is_remote() && caller.is_sampled());
+        assert_eq!(
+            caller.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(caller.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(
+            caller.trace_state().header(),
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+        );
+        let stored = TraceContext::parent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some(&oversized()),
+        );
+        assert_eq!(
+            stored.span().span_context().trace_state().header(),
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+        );
+        assert_eq!(remote_parent(&http::HeaderMap::new()).map(|_| ()), None);
     }
 
     #[test]

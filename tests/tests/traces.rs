@@ -1,5 +1,7 @@
 //! OpenTelemetry traces of the built server and relay, exported over OTLP/gRPC to a real
-//! receiver (`identity_tests::otlp`), and the trace ids in their JSON logs.
+//! receiver (`identity_tests::otlp`), and the trace ids in their JSON logs; whose trace context
+//! the server continues (a trusted proxy's) or only links (anyone else's), and how much
+//! `tracestate` it keeps.
 
 use std::time::Duration;
 
@@ -25,6 +27,10 @@ const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 const PRODUCER: i32 = 4;
 const CONSUMER: i32 = 5;
+
+/// The test's connections (from 127.0.0.1) as a trusted proxy, a BFF, whose trace context the
+/// server continues; any other caller's is only linked.
+const AS_THE_BFF: (&str, &str) = ("IDENTITY_TRUSTED_PROXIES", "127.0.0.1/32");
 
 /// Export settings for a binary sending to `collector`, in batches sent every `delay_ms`.
 fn exporting_to<'a>(collector: &'a Collector, delay_ms: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -114,7 +120,9 @@ async fn one_trace_spans_register_the_commit_the_relay_claim_and_the_accepted_em
             times: 1,
         },
     );
-    let server = Server::start(&exporting_to(&collector, "100")).await;
+    let mut env = exporting_to(&collector, "100");
+    env.push(AS_THE_BFF);
+    let server = Server::start(&env).await;
     let _relay = relay::start(
         &server.db.url,
         &smtp.url(),
@@ -150,7 +158,7 @@ async fn one_trace_spans_register_the_commit_the_relay_claim_and_the_accepted_em
         .await;
     let spans = collector.spans();
 
-    // The server continued the caller's trace.
+    // The server continued the trusted caller's trace.
     assert_eq!(register.kind, SERVER);
     assert_eq!(register.trace_id, CALLER_TRACE);
     assert_eq!(register.parent_span_id, CALLER_SPAN);
@@ -252,6 +260,7 @@ async fn spans_still_buffered_are_exported_when_the_server_stops() {
     // Batches would go out every 10 minutes: only the flush at shutdown sends this one.
     let mut env = exporting_to(&collector, "600000");
     env.push(("IDENTITY_SHUTDOWN_DRAIN_DELAY_SECS", "0"));
+    env.push(AS_THE_BFF);
     let mut server = Server::start(&env).await;
     register_in_callers_trace(&server.channel().await).await;
     assert!(
@@ -275,6 +284,7 @@ async fn spans_reach_a_collector_over_tls_that_trusts_the_given_ca() {
     let ca_file = ca.ca_file().display().to_string();
     let mut env = exporting_to(&collector, "100");
     env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_file));
+    env.push(AS_THE_BFF);
     let server = Server::start(&env).await;
     register_in_callers_trace(&server.channel().await).await;
     let register = register_span(&collector, WAIT).await;
@@ -329,7 +339,7 @@ async fn json_log_lines_carry_trace_ids_and_each_business_event_once() {
         ("IDENTITY_LOG_FORMAT", "json"),
         ("RELAY_LOG_FORMAT", "json"),
     ];
-    let server = Server::start(&json).await;
+    let server = Server::start(&[json[0], AS_THE_BFF]).await;
     let relay = relay::start(&server.db.url, &smtp.url(), &json).await;
     let channel = server.channel().await;
 
@@ -424,4 +434,184 @@ async fn json_log_lines_carry_trace_ids_and_each_business_event_once() {
         .find(|line| line["message"] == relay::DELIVERED && line["kind"] == "email.verification.v1")
         .expect("the relay logged the accepted email");
     assert_eq!(accepted["trace_id"], CALLER_TRACE, "{accepted}");
+}
+
+/// A `tracestate` of 32 members, about 15 KB (what the W3C parsing lets through): two small
+/// members, then 30 of 511 characters each.
+fn oversized_tracestate() -> String {
+    let mut members = vec![
+        "congo=t61rcWkgMzE".to_owned(),
+        "rojo=00f067aa0ba902b7".to_owned(),
+    ];
+    members.extend((0..30).map(|i| format!("{}{i:02}={}", "k".repeat(252), "v".repeat(256))));
+    members.join(",")
+}
+
+/// Registers `email` inside the caller's trace `traceparent`, with `tracestate`.
+async fn register_with_trace(channel: &Channel, email: &str, traceparent: &str, tracestate: &str) {
+    let mut request = Request::new(register_request(email));
+    let metadata = request.metadata_mut();
+    metadata.insert("traceparent", traceparent.parse().expect("ASCII"));
+    metadata.insert("tracestate", tracestate.parse().expect("ASCII"));
+    pb::registration_service_client::RegistrationServiceClient::new(channel.clone())
+        .register(request)
+        .await
+        .expect("registers");
+}
+
+/// The `traceparent` and `tracestate` of the outbox row of `email`'s verification email.
+async fn stored_trace_of(server: &Server, email: &str) -> (Option<String>, Option<String>) {
+    use diesel::{
+        QueryableByName,
+        sql_types::{Nullable, Text},
+    };
+    use diesel_async::RunQueryDsl;
+
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Nullable<Text>)]
+        traceparent: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        tracestate: Option<String>,
+    }
+    let row: Row = diesel::sql_query(
+        "SELECT traceparent, tracestate FROM outbox
+         WHERE kind = 'email.verification.v1' AND payload ->> 'recipient' = $1",
+    )
+    .bind::<Text, _>(email)
+    .get_result(&mut server.db.connect().await)
+    .await
+    .expect("the verification email is queued");
+    (row.traceparent, row.tracestate)
+}
+
+/// The Register span linked to the caller's span `caller_span`, once the collector has it.
+async fn register_span_linked_to(collector: &Collector, caller_span: &str) -> ReceivedSpan {
+    identity_tests::wait::until("the Register span linked to the caller", WAIT, async || {
+        collector.spans().into_iter().find(|span| {
+            span.name == "identity.v1.RegistrationService/Register"
+                && span.links.iter().any(|(_, span_id)| span_id == caller_span)
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_untrusted_caller_s_trace_is_linked_not_continued_and_cannot_switch_sampling() {
+    let collector = Collector::start().await;
+    // No trusted proxy: the test's connection is any caller on the public edge.
+    let server = Server::start(&exporting_to(&collector, "100")).await;
+    let channel = server.channel().await;
+    let (sampled_span, unsampled_span) = ("1111111111111111", "2222222222222222");
+
+    register_with_trace(
+        &channel,
+        "sampled@example.com",
+        &format!("00-{CALLER_TRACE}-{sampled_span}-01"),
+        &oversized_tracestate(),
+    )
+    .await;
+    register_with_trace(
+        &channel,
+        "unsampled@example.com",
+        &format!("00-{CALLER_TRACE}-{unsampled_span}-00"),
+        "congo=t61rcWkgMzE",
+    )
+    .await;
+
+    // Each call starts a trace of the server's own, sampled by the server's decision (the
+    // default: every trace), and links to the caller's span.
+    for (caller_span, email) in [
+        (sampled_span, "sampled@example.com"),
+        (unsampled_span, "unsampled@example.com"),
+    ] {
+        let register = register_span_linked_to(&collector, caller_span).await;
+        assert_ne!(register.trace_id, CALLER_TRACE, "{register:#?}");
+        assert_eq!(register.parent_span_id, "", "a root span: {register:#?}");
+        assert!(
+            register
+                .links
+                .contains(&(CALLER_TRACE.to_owned(), caller_span.to_owned())),
+            "{register:#?}"
+        );
+        // The outbox row carries the server's trace, and none of the caller's state.
+        let (traceparent, tracestate) = stored_trace_of(&server, email).await;
+        let traceparent = traceparent.expect("a traceparent");
+        assert!(
+            traceparent.starts_with(&format!("00-{}-", register.trace_id)),
+            "{traceparent}"
+        );
+        assert_eq!(tracestate, None);
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_s_trace_is_continued_with_its_tracestate_capped() {
+    let collector = Collector::start().await;
+    let mut env = exporting_to(&collector, "100");
+    env.push(AS_THE_BFF);
+    let server = Server::start(&env).await;
+
+    register_with_trace(
+        &server.channel().await,
+        ADDRESS,
+        &format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"),
+        &oversized_tracestate(),
+    )
+    .await;
+
+    let register = register_span(&collector, WAIT).await;
+    assert_eq!(register.trace_id, CALLER_TRACE);
+    assert_eq!(register.parent_span_id, CALLER_SPAN);
+    let (traceparent, tracestate) = stored_trace_of(&server, ADDRESS).await;
+    assert!(
+        traceparent.is_some_and(|t| t.starts_with(&format!("00-{CALLER_TRACE}-"))),
+        "the stored context continues the caller's trace"
+    );
+    // At most 512 characters, cut at members: the ones over 128 characters go first.
+    assert_eq!(
+        tracestate.as_deref(),
+        Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_s_trace_is_continued_over_tls_too() {
+    let collector = Collector::start().await;
+    let ca = support::TestCa::new();
+    let dir = std::env::temp_dir().join(format!("identity-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, cert).expect("writes the certificate");
+    std::fs::write(&key_file, key).expect("writes the key");
+    let (cert_file, key_file) = (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let mut env = exporting_to(&collector, "100");
+    env.extend([
+        AS_THE_BFF,
+        ("IDENTITY_TLS_CERT_FILE", cert_file.as_str()),
+        ("IDENTITY_TLS_KEY_FILE", key_file.as_str()),
+    ]);
+    let server = Server::start(&env).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.ca_pem()))
+        .domain_name("127.0.0.1");
+    let channel = Channel::from_shared(format!("https://{}", server.addr))
+        .expect("a URL")
+        .tls_config(tls)
+        .expect("a TLS config")
+        .connect()
+        .await
+        .expect("a TLS connection");
+
+    register_in_callers_trace(&channel).await;
+
+    // The peer is read from the TLS connection as from a plaintext one.
+    let register = register_span(&collector, WAIT).await;
+    assert_eq!(register.trace_id, CALLER_TRACE);
+    assert_eq!(register.parent_span_id, CALLER_SPAN);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,6 @@
 //! Who is calling: the client IP, from the socket peer or, behind trusted proxies, from the
-//! forwarding header they append to.
+//! forwarding header they append to; and whether a caller's W3C trace context is continued
+//! ([`TraceContextTrust`]).
 //!
 //! The rule: the peer is the client unless it lies inside [`TrustedProxies`]. Then the hops of
 //! the configured [`ForwardedHeader`] are walked from the right (the hop the nearest proxy
@@ -146,7 +147,8 @@ impl ForwardedHeader {
 }
 
 /// The client's IP address as the limits see it: IPv4 (mapped addresses included) as is,
-/// IPv6 reduced to its /64, the smallest block one subscriber usually holds.
+/// IPv6 reduced to its /64, the smallest block one subscriber usually holds (its /48 and /32
+/// have limits of their own too: [`ClientIp::ipv6_network`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientIp(IpAddr);
 
@@ -160,6 +162,21 @@ impl ClientIp {
     }
 }
 
+impl ClientIp {
+    /// The IPv6 network of `prefix` bits (at most 64) this client lies in, e.g. its /48;
+    /// `None` for an IPv4 client.
+    pub fn ipv6_network(&self, prefix: u8) -> Option<Cidr> {
+        let IpAddr::V6(ip) = self.0 else {
+            return None;
+        };
+        let prefix = prefix.min(64);
+        Some(Cidr {
+            network: IpAddr::V6(mask_v6(ip, prefix)),
+            prefix,
+        })
+    }
+}
+
 impl fmt::Display for ClientIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
@@ -169,16 +186,49 @@ impl fmt::Display for ClientIp {
     }
 }
 
-/// How the client IP is found: which peers are trusted and which header they write.
+/// Whose W3C trace context (`traceparent`, `tracestate`) a call continues. A call that does not
+/// continue its caller's trace starts one of its own, sampled by the server's own decision, and
+/// links to the caller's span: a caller on the public edge can neither switch the server's
+/// sampling on or off nor make its trace part of ours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceContextTrust {
+    /// Callers whose socket peer is a trusted proxy (your BFF, your ingress).
+    #[default]
+    #[value(name = "trusted-proxies")]
+    TrustedProxies,
+    /// Every caller: for a server that only your own services can reach.
+    #[value(name = "all")]
+    All,
+    /// No caller: every call starts a trace of its own.
+    #[value(name = "none")]
+    None,
+}
+
+/// How the client IP is found (which peers are trusted and which header they write), and whose
+/// trace context is continued.
 #[derive(Debug, Clone, Default)]
 pub struct ClientIdentity {
     /// Peers whose header is believed.
     pub trusted_proxies: TrustedProxies,
     /// The header they append to.
     pub header: ForwardedHeader,
+    /// Whose trace context a call continues.
+    pub trace_context: TraceContextTrust,
 }
 
 impl ClientIdentity {
+    /// Whether a call from socket peer `peer` (`None`: no TCP peer) continues the trace context
+    /// it carries, rather than only linking to it.
+    pub fn continues_trace_of(&self, peer: Option<IpAddr>) -> bool {
+        match self.trace_context {
+            TraceContextTrust::All => true,
+            TraceContextTrust::None => false,
+            TraceContextTrust::TrustedProxies => {
+                peer.is_some_and(|peer| self.trusted_proxies.contains(peer.to_canonical()))
+            }
+        }
+    }
+
     /// The client of a call from socket peer `peer` carrying `headers`; see the module
     /// documentation for the rule.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> ClientIp {
@@ -322,6 +372,7 @@ mod tests {
                     .collect(),
             ),
             header,
+            trace_context: TraceContextTrust::default(),
         }
     }
 
@@ -465,6 +516,37 @@ mod tests {
             ClientIp::new(ip("2001:db8:1:2::1")),
             ClientIp::new(ip("2001:db8:1:3::1"))
         );
+    }
+
+    #[test]
+    fn an_ipv6_client_names_its_wider_networks_and_an_ipv4_client_none() {
+        let client = ClientIp::new(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"));
+        let network = |prefix| client.ipv6_network(prefix).map(|c| c.to_string());
+        assert_eq!(network(48).as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(network(32).as_deref(), Some("2001:db8::/32"));
+        assert_eq!(
+            ClientIp::new(ip("2001:db8:1:ffff::1")).ipv6_network(48),
+            client.ipv6_network(48)
+        );
+        assert_eq!(ClientIp::new(ip("203.0.113.9")).ipv6_network(48), None);
+        assert_eq!(
+            ClientIp::new(ip("::ffff:203.0.113.9")).ipv6_network(48),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_s_trace_context_is_continued_by_default() {
+        let mut callers = identity(&["10.0.0.0/8"], ForwardedHeader::XForwardedFor);
+        assert!(callers.continues_trace_of(Some(ip("10.1.2.3"))));
+        assert!(callers.continues_trace_of(Some(ip("::ffff:10.1.2.3"))));
+        assert!(!callers.continues_trace_of(Some(ip("203.0.113.9"))));
+        assert!(!callers.continues_trace_of(None));
+        callers.trace_context = TraceContextTrust::All;
+        assert!(callers.continues_trace_of(Some(ip("203.0.113.9"))));
+        assert!(callers.continues_trace_of(None));
+        callers.trace_context = TraceContextTrust::None;
+        assert!(!callers.continues_trace_of(Some(ip("10.1.2.3"))));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The limits: which RPC is limited per client IP and per address, at what rate, and the
-//! override syntax of IDENTITY_RATE_LIMITS.
+//! The limits: which RPC is limited per client IP (and, for IPv6, per /48 and /32 network) and
+//! per address, at what rate, and the override syntax of IDENTITY_RATE_LIMITS.
 //!
 //! A rate `N/P+B` lets B calls through at once after a quiet spell, then one call every P/N
 //! (N per period P, sustained). `N/P` alone means B = N. Periods take a unit: `s`, `m`, `h`,
@@ -71,16 +71,60 @@ impl fmt::Display for Action {
 pub enum Scope {
     /// The client IP (IPv6: its /64).
     Ip,
+    /// The /48 of an IPv6 client: a site's allocation, 65,536 /64s that would otherwise each
+    /// have a limit of their own. IPv4 clients have none.
+    Ip48,
+    /// The /32 of an IPv6 client: an ISP's allocation, with a high ceiling. IPv4 clients have
+    /// none.
+    Ip32,
     /// The email address the call names.
     Address,
 }
 
+/// How many times the per-IP limit the /48 of an IPv6 client gets, unless set: a site's
+/// network shared by a few dozen machines, and one attacker's cheap allocation.
+pub const IP48_MULTIPLE: u32 = 16;
+
+/// How many times the per-IP limit the /32 of an IPv6 client gets, unless set: an ISP's
+/// allocation, shared by its customers, so the ceiling only stops one holder of a whole /32.
+pub const IP32_MULTIPLE: u32 = 1024;
+
 impl Scope {
-    /// `ip` or `address`, as in IDENTITY_RATE_LIMITS and in a refusal's ErrorInfo.
+    /// The scopes of a client's IPv6 networks, beyond its own /64.
+    pub const IPV6_NETWORKS: [Self; 2] = [Self::Ip48, Self::Ip32];
+
+    /// `ip`, `ip48`, `ip32` or `address`, as in IDENTITY_RATE_LIMITS and in a refusal's
+    /// ErrorInfo.
     pub fn name(self) -> &'static str {
         match self {
             Self::Ip => "ip",
+            Self::Ip48 => "ip48",
+            Self::Ip32 => "ip32",
             Self::Address => "address",
+        }
+    }
+
+    /// Whether this scope counts calls by where they come from (so its usage is the client's
+    /// pressure, see [`crate::abuse::Admission::ip_usage`]).
+    pub fn is_network(self) -> bool {
+        self != Self::Address
+    }
+
+    /// The prefix length of the IPv6 network this scope counts, for the network scopes.
+    pub fn ipv6_prefix(self) -> Option<u8> {
+        match self {
+            Self::Ip48 => Some(48),
+            Self::Ip32 => Some(32),
+            Self::Ip | Self::Address => None,
+        }
+    }
+
+    /// The multiple of the per-IP limit this network scope gets unless set.
+    fn multiple(self) -> Option<u32> {
+        match self {
+            Self::Ip48 => Some(IP48_MULTIPLE),
+            Self::Ip32 => Some(IP32_MULTIPLE),
+            Self::Ip | Self::Address => None,
         }
     }
 }
@@ -149,6 +193,17 @@ impl Rate {
     pub fn period(&self) -> Duration {
         self.period
     }
+
+    /// This rate `factor` times over (count and burst alike), at most one call per
+    /// microsecond: the limit of a network of many clients.
+    pub fn times(&self, factor: u32) -> Self {
+        let most = u32::try_from(self.period.as_micros()).unwrap_or(u32::MAX);
+        Self {
+            count: self.count.saturating_mul(factor).min(most),
+            period: self.period,
+            burst: self.burst.saturating_mul(factor),
+        }
+    }
 }
 
 const fn rate(count: u32, period_secs: u64, burst: u32) -> Rate {
@@ -212,7 +267,8 @@ impl fmt::Display for Rate {
 pub struct Limits(BTreeMap<(Action, Scope), Rate>);
 
 impl Default for Limits {
-    /// The defaults the README's table lists, with their reasons.
+    /// The defaults the README's table lists, with their reasons; the IPv6 networks' limits are
+    /// the per-IP ones times [`IP48_MULTIPLE`] and [`IP32_MULTIPLE`].
     fn default() -> Self {
         const HOUR: u64 = 60 * 60;
         let table = [
@@ -241,12 +297,14 @@ impl Default for Limits {
             (Action::ResetPassword, Scope::Ip, rate(20, HOUR, 10)),
             (Action::RefreshSession, Scope::Ip, rate(3600, HOUR, 300)),
         ];
-        Self(
+        let mut limits = Self(
             table
                 .into_iter()
                 .map(|(action, scope, rate)| ((action, scope), rate))
                 .collect(),
-        )
+        );
+        limits.derive_networks(&[]);
+        limits
     }
 }
 
@@ -271,7 +329,8 @@ impl Limits {
 
     /// The defaults with the overrides in `spec` applied: a comma-separated list of
     /// `action.scope=RATE` or `action.scope=off`, e.g. `register.ip=20/1h+5,login.address=off`;
-    /// `action=...` sets both scopes. Empty keeps the defaults.
+    /// `action=...` sets `ip` and `address`. Empty keeps the defaults. The IPv6 networks'
+    /// limits (`ip48`, `ip32`) not set follow the action's per-IP limit, overridden or not.
     pub fn with_overrides(spec: &str) -> Result<Self, String> {
         let mut limits = Self::default();
         let mut seen = Vec::new();
@@ -292,7 +351,22 @@ impl Limits {
                 limits.set(action, scope, rate);
             }
         }
+        limits.derive_networks(&seen);
         Ok(limits)
+    }
+
+    /// Sets each IPv6 network's limit not in `explicit` to the action's per-IP limit times the
+    /// network's multiple (none when the action has no per-IP limit).
+    fn derive_networks(&mut self, explicit: &[(Action, Scope)]) {
+        for action in Action::ALL {
+            let ip = self.get(action, Scope::Ip);
+            for scope in Scope::IPV6_NETWORKS {
+                if !explicit.contains(&(action, scope)) {
+                    let multiple = scope.multiple().unwrap_or(1);
+                    self.set(action, scope, ip.map(|rate| rate.times(multiple)));
+                }
+            }
+        }
     }
 
     /// Every limit in force, for the start-up log.
@@ -323,9 +397,19 @@ fn parse_target(target: &str) -> Result<(Action, Vec<Scope>), String> {
     let scopes = match scope {
         None if action.has_address() => vec![Scope::Ip, Scope::Address],
         None | Some("ip") => vec![Scope::Ip],
+        Some("ip48") => vec![Scope::Ip48],
+        Some("ip32") => vec![Scope::Ip32],
         Some("address") if action.has_address() => vec![Scope::Address],
-        Some("address") => return Err(format!("{action} carries no address; only {action}.ip")),
-        Some(other) => return Err(format!("unknown scope {other:?}; expected ip or address")),
+        Some("address") => {
+            return Err(format!(
+                "{action} carries no address; only {action}.ip, .ip48 or .ip32"
+            ));
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown scope {other:?}; expected ip, ip48, ip32 or address"
+            ));
+        }
     };
     Ok((action, scopes))
 }
@@ -390,6 +474,8 @@ mod tests {
             ("register", "not action.scope=RATE"),
             ("signup.ip=1/1h", "unknown action \"signup\""),
             ("register.user=1/1h", "unknown scope \"user\""),
+            ("register.ip64=1/1h", "expected ip, ip48, ip32 or address"),
+            ("login.ip48=1/1h,login.ip48=off", "set twice"),
             ("refresh_session.address=1/1h", "carries no address"),
             ("login.ip=1/1h,login.ip=off", "set twice"),
             ("login.ip=fast", "not a rate"),
@@ -406,7 +492,52 @@ mod tests {
                 Rate::new(r.count, r.period, r.burst).is_ok(),
                 "{action}.{scope}"
             );
-            assert!(scope == &Scope::Ip || action.has_address());
+            assert!(scope.is_network() || action.has_address());
         }
+    }
+
+    #[test]
+    fn ipv6_networks_get_multiples_of_the_per_ip_limit_unless_set() {
+        let hour = Duration::from_secs(3600);
+        let rate = |count, burst| Some(Rate::new(count, hour, burst).expect("valid"));
+        let defaults = Limits::default();
+        assert_eq!(defaults.get(Action::Register, Scope::Ip), rate(10, 5));
+        assert_eq!(defaults.get(Action::Register, Scope::Ip48), rate(160, 80));
+        assert_eq!(
+            defaults.get(Action::Register, Scope::Ip32),
+            rate(10_240, 5_120)
+        );
+
+        // An overridden per-IP limit carries its networks along; a set one stays as set.
+        let limits = Limits::with_overrides(
+            "register.ip=20/1h+2,login.ip48=50/1h+10,login.ip32=off,reset_password.ip=off",
+        )
+        .expect("valid");
+        assert_eq!(limits.get(Action::Register, Scope::Ip48), rate(320, 32));
+        assert_eq!(
+            limits.get(Action::Register, Scope::Ip32),
+            rate(20_480, 2_048)
+        );
+        assert_eq!(limits.get(Action::Login, Scope::Ip48), rate(50, 10));
+        assert_eq!(limits.get(Action::Login, Scope::Ip32), None);
+        assert_eq!(limits.get(Action::ResetPassword, Scope::Ip48), None);
+        // A network limit may stand without a per-IP one.
+        let limits = Limits::with_overrides("refresh_session.ip=off,refresh_session.ip48=1/1s")
+            .expect("valid");
+        assert_eq!(limits.get(Action::RefreshSession, Scope::Ip), None);
+        assert_eq!(
+            limits.get(Action::RefreshSession, Scope::Ip48),
+            Some(Rate::new(1, Duration::from_secs(1), 1).expect("valid"))
+        );
+        assert_eq!(limits.get(Action::RefreshSession, Scope::Ip32), None);
+    }
+
+    #[test]
+    fn a_multiplied_rate_stays_at_most_one_call_per_microsecond() {
+        let fast = Rate::new(1_000_000, Duration::from_secs(1), 10).expect("valid");
+        let times = fast.times(IP32_MULTIPLE);
+        assert_eq!(times.emission_interval(), Duration::from_micros(1));
+        assert_eq!(times.burst(), 10 * IP32_MULTIPLE);
+        assert!(Rate::new(times.count(), times.period(), times.burst()).is_ok());
     }
 }

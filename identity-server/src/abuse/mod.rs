@@ -1,7 +1,8 @@
 //! Abuse controls at the door, before any use case runs (so before any hashing or write).
 //!
 //! - [`client`]: who the caller is (the client IP, behind trusted proxies too).
-//! - [`limits`]: which RPC is limited per IP and per address, and how fast.
+//! - [`limits`]: which RPC is limited per IP (for IPv6 also per /48 and /32) and per address,
+//!   and how fast.
 //! - this module: the [`Door`] every handler calls once, which decides a call against the
 //!   shared state in PostgreSQL ([`db::rate_limits`]) and answers with an [`Admission`] or a
 //!   refusal ([`AdmitError::RateLimited`], mapped to RESOURCE_EXHAUSTED in `grpc/error.rs`).
@@ -12,10 +13,11 @@
 //! key refused until `t` stays refused until `t` whatever other replicas do; the pre-filter
 //! is never stricter than the shared state, it only spares the database during a flood.
 //!
-//! Generous single-key limits (burst of at least [`LEASE_MIN_BURST`], e.g. RefreshSession per
-//! IP) are also spared most round trips: a call that finds no spare cell charges up to
-//! [`LEASE_MAX_CELLS`] cells at once in the shared state and the replica hands the spares to the
-//! next calls of that key within a second; spares not handed out by then are dropped. Every
+//! Calls whose every limit is generous (burst of at least [`LEASE_MIN_BURST`], e.g.
+//! RefreshSession per IP, and per /48 and /32 for IPv6) are also spared most round trips: a call
+//! that finds no spare cell charges up to [`LEASE_MAX_CELLS`] cells at once on all its keys in
+//! the shared state and the replica hands the spares to the next calls with the same keys within
+//! a second; spares not handed out by then are dropped. Every
 //! admitted call was charged in the shared state, so together the replicas never admit more
 //! calls than the limit; a spare only moves the charge of at most 15 calls per replica up to a
 //! second earlier, and unused spares make the limit that much stricter for a moment. Near the
@@ -34,7 +36,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 pub use self::{
-    client::{ClientIdentity, ClientIp, ForwardedHeader, TrustedProxies},
+    client::{ClientIdentity, ClientIp, ForwardedHeader, TraceContextTrust, TrustedProxies},
     limits::{Action, Limits, Rate, Scope},
 };
 use crate::{
@@ -68,8 +70,8 @@ pub struct Admission {
     ip_usage: Option<Usage>,
 }
 
-/// How full a client IP's bucket for this action is in the shared state, counting the call just
-/// admitted (and, for limits charged in batches, the spares this replica holds).
+/// How full a bucket of the client for this action is in the shared state, counting the call
+/// just admitted (and, for limits charged in batches, the spares this replica holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     /// Calls' worth of the burst in use: 1 for the first call after a quiet spell, `burst` when
@@ -84,12 +86,20 @@ impl Usage {
     pub fn fraction(&self) -> f64 {
         f64::from(self.used) / f64::from(self.burst)
     }
+
+    /// Whether a larger share of this bucket's burst is in use than of `other`'s.
+    pub fn is_fuller_than(&self, other: &Self) -> bool {
+        u64::from(self.used) * u64::from(other.burst)
+            > u64::from(other.used) * u64::from(self.burst)
+    }
 }
 
 impl Admission {
-    /// How close the client IP is to its hard limit for this action after this call, for
-    /// policies that tighten before the limit (an adaptive challenge). `None` when the action
-    /// has no per-IP limit or limiting is off.
+    /// How close the client is to a hard limit for this action after this call, for policies
+    /// that tighten before the limit (an adaptive challenge): the fullest of its buckets by
+    /// where it calls from (its IP; for IPv6 its /64, /48 and /32), so many /64s of one /48
+    /// raise the pressure on all of them. `None` when the action has no such limit or limiting
+    /// is off.
     pub fn ip_usage(&self) -> Option<Usage> {
         self.ip_usage
     }
@@ -123,12 +133,13 @@ pub const LEASE_MAX_CELLS: u32 = 16;
 /// Longest a spare cell is kept before it is dropped.
 const LEASE_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// Spare cells of one key, charged in the shared state and not yet handed out.
-#[derive(Debug, Clone, Copy)]
+/// Spare cells of one call's keys (an IP, or an IPv6 client's /64, /48 and /32 together),
+/// charged in the shared state and not yet handed out.
+#[derive(Debug, Clone)]
 struct Lease {
     spare: u32,
-    /// The key's `tat` after the batch was charged.
-    tat: OffsetDateTime,
+    /// Each key's `tat` after the batch was charged, in the order of the call's keys.
+    tats: Vec<OffsetDateTime>,
     /// When the spares are dropped.
     until: OffsetDateTime,
 }
@@ -191,7 +202,8 @@ impl Door {
     }
 
     /// Admits a call of `action` from `client` naming `address` (if the call names one), or
-    /// refuses it. One statement against the shared state decides every limit of the call.
+    /// refuses it. One statement against the shared state decides every limit of the call: the
+    /// client IP's, for IPv6 its /48's and /32's, and the address's.
     pub async fn admit(
         &self,
         client: ClientIp,
@@ -201,11 +213,20 @@ impl Door {
         let Some(limits) = &self.limits else {
             return Ok(Admission::default());
         };
-        let mut keys = Vec::with_capacity(2);
-        let mut rates = Vec::with_capacity(2);
+        let mut keys = Vec::with_capacity(4);
+        let mut rates = Vec::with_capacity(4);
         if let Some(rate) = limits.get(action, Scope::Ip) {
             keys.push(key_limit(action, Scope::Ip, &client.to_string(), rate));
             rates.push((Scope::Ip, rate));
+        }
+        for scope in Scope::IPV6_NETWORKS {
+            let network = scope
+                .ipv6_prefix()
+                .and_then(|prefix| client.ipv6_network(prefix));
+            if let (Some(rate), Some(network)) = (limits.get(action, scope), network) {
+                keys.push(key_limit(action, scope, &network.to_string(), rate));
+                rates.push((scope, rate));
+            }
         }
         if let (Some(rate), Some(address)) = (limits.get(action, Scope::Address), address) {
             keys.push(key_limit(
@@ -224,28 +245,42 @@ impl Door {
             return Err(refusal(action, rates[i].0, until - now));
         }
 
-        if let [(scope, rate)] = rates[..] {
-            let cells = batch_cells(&rate);
-            if cells > 1 {
-                if let Some(tat) = self.take_spare(&keys[0].key, now) {
-                    return Ok(admission(scope, tat - now, &rate));
-                }
-                let refill = self.refill_gate(&keys[0].key);
-                let _refilling = refill.lock().await;
-                // The refill this call waited for may have left spares.
-                let now = whole_micros(self.clock.now());
-                if let Some(tat) = self.take_spare(&keys[0].key, now) {
-                    return Ok(admission(scope, tat - now, &rate));
-                }
-                let mut batch = keys.clone();
-                batch[0].cells = i64::from(cells);
-                let outcome = self.decide(now, &batch).await?[0];
-                if let Some(tat) = outcome.charged_tat {
-                    self.store_spares(&keys[0].key, cells - 1, tat, now, now + LEASE_MAX_AGE);
-                    return Ok(admission(scope, tat - now, &rate));
-                }
-                // The batch does not fit (near the limit): decide this call alone.
+        let cells = rates
+            .iter()
+            .map(|(_, rate)| batch_cells(rate))
+            .min()
+            .unwrap_or(1);
+        if cells > 1 {
+            // Every key generous: the call's keys are charged together, in batches.
+            let lease = lease_key(&keys);
+            if let Some(tats) = self.take_spare(&lease, now) {
+                return Ok(admission(&rates, &tats, now));
             }
+            let refill = self.refill_gate(&lease);
+            let _refilling = refill.lock().await;
+            // The refill this call waited for may have left spares.
+            let now = whole_micros(self.clock.now());
+            if let Some(tats) = self.take_spare(&lease, now) {
+                return Ok(admission(&rates, &tats, now));
+            }
+            let batch: Vec<KeyLimit> = keys
+                .iter()
+                .map(|key| KeyLimit {
+                    cells: i64::from(cells),
+                    ..key.clone()
+                })
+                .collect();
+            let outcomes = self.decide(now, &batch).await?;
+            if let Some(tats) = outcomes
+                .iter()
+                .map(|outcome| outcome.charged_tat)
+                .collect::<Option<Vec<_>>>()
+            {
+                let admitted = admission(&rates, &tats, now);
+                self.store_spares(&lease, cells - 1, tats, now, now + LEASE_MAX_AGE);
+                return Ok(admitted);
+            }
+            // The batch does not fit (near the limit): decide this call alone.
         }
         let outcomes = self.decide(now, &keys).await?;
 
@@ -263,8 +298,8 @@ impl Door {
                     refused = Some((*scope, wait));
                 }
             } else if let Some(tat) = outcome.charged_tat {
-                if *scope == Scope::Ip {
-                    ip_usage = Some(usage(tat - now, rate));
+                if scope.is_network() {
+                    ip_usage = fullest(ip_usage, usage(tat - now, rate));
                 }
             } else if lost_race.is_none() {
                 // One emission interval is a fair estimate of the wait.
@@ -289,17 +324,17 @@ impl Door {
         Ok(db::rate_limits::decide(&mut conn, now, keys).await?)
     }
 
-    /// Hands out a spare cell of `key` if one is left and still fresh; returns the `tat` its
-    /// batch left behind.
-    fn take_spare(&self, key: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    /// Hands out a spare cell of `lease` if one is left and still fresh; returns the `tat`s
+    /// its batch left behind, one per key.
+    fn take_spare(&self, lease: &str, now: OffsetDateTime) -> Option<Vec<OffsetDateTime>> {
         let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
-        let lease = leases.get_mut(key)?;
-        if lease.spare == 0 || lease.until <= now {
-            leases.remove(key);
+        let held = leases.get_mut(lease)?;
+        if held.spare == 0 || held.until <= now {
+            leases.remove(lease);
             return None;
         }
-        lease.spare -= 1;
-        Some(lease.tat)
+        held.spare -= 1;
+        Some(held.tats.clone())
     }
 
     /// The lock that makes refills of `key`'s spares take turns, forgetting idle locks when full.
@@ -311,21 +346,21 @@ impl Door {
         Arc::clone(refills.entry(key.to_owned()).or_default())
     }
 
-    /// Keeps `spare` cells of `key` until `until`, dropping lapsed leases when full.
+    /// Keeps `spare` cells of `lease` until `until`, dropping lapsed leases when full.
     fn store_spares(
         &self,
-        key: &str,
+        lease: &str,
         spare: u32,
-        tat: OffsetDateTime,
+        tats: Vec<OffsetDateTime>,
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) {
         let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
         if leases.len() >= MAX_REMEMBERED_REFUSALS {
-            leases.retain(|_, lease| lease.until > now && lease.spare > 0);
+            leases.retain(|_, held| held.until > now && held.spare > 0);
         }
         if leases.len() < MAX_REMEMBERED_REFUSALS {
-            leases.insert(key.to_owned(), Lease { spare, tat, until });
+            leases.insert(lease.to_owned(), Lease { spare, tats, until });
         }
     }
 
@@ -362,11 +397,32 @@ impl Door {
     }
 }
 
-/// An admission whose key of `scope` runs `ahead` of now.
-fn admission(scope: Scope, ahead: time::Duration, rate: &Rate) -> Admission {
-    Admission {
-        ip_usage: (scope == Scope::Ip).then(|| usage(ahead, rate)),
+/// An admission whose keys (limited at `rates`) left their state at `tats`.
+fn admission(rates: &[(Scope, Rate)], tats: &[OffsetDateTime], now: OffsetDateTime) -> Admission {
+    let ip_usage = rates
+        .iter()
+        .zip(tats)
+        .filter(|((scope, _), _)| scope.is_network())
+        .fold(None, |fuller, ((_, rate), tat)| {
+            fullest(fuller, usage(*tat - now, rate))
+        });
+    Admission { ip_usage }
+}
+
+/// The fuller of `so_far` (if any) and `next`, by the share of its burst in use.
+fn fullest(so_far: Option<Usage>, next: Usage) -> Option<Usage> {
+    match so_far {
+        Some(so_far) if !next.is_fuller_than(&so_far) => Some(so_far),
+        _ => Some(next),
     }
+}
+
+/// The key of a batch of spares: the call's keys, which are charged together.
+fn lease_key(keys: &[KeyLimit]) -> String {
+    keys.iter()
+        .map(|key| key.key.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn refusal(action: Action, scope: Scope, wait: time::Duration) -> AdmitError {

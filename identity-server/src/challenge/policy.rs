@@ -16,7 +16,7 @@ pub enum Policy {
 }
 
 /// How much of its rate-limit burst the calling client IP has used, as the rate limiter knows
-/// it.
+/// it: for IPv6 the fullest of its /64's, /48's and /32's buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpPressure {
     /// The limiter said nothing (limits off, or no per-IP limit for the call): taken as below any

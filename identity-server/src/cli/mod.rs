@@ -176,6 +176,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .map_or_else(|| "off".to_owned(), abuse::Limits::describe),
         trusted_proxies = settings.abuse.identity.trusted_proxies.len(),
+        trust_trace_context = ?settings.abuse.identity.trace_context,
         "starting"
     );
     let app = Application::build(settings, Arc::new(SystemClock)).await?;

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use identity_proto::secret;
 
 use super::DatabaseArgs;
-use crate::abuse::{ForwardedHeader, client::Cidr};
+use crate::abuse::{ForwardedHeader, TraceContextTrust, client::Cidr};
 use crate::challenge::{Policy, Settings as ChallengeSettings};
 
 #[derive(Debug, Args)]
@@ -322,6 +322,17 @@ pub(super) struct ServeArgs {
         default_value = "x-forwarded-for"
     )]
     pub(super) client_ip_header: ForwardedHeader,
+
+    /// Whose W3C trace context (`traceparent`, `tracestate` metadata) a call continues: callers
+    /// whose socket peer is in IDENTITY_TRUSTED_PROXIES, all, or none. Any other caller's call
+    /// starts a trace of its own (the server's sampling decision) with a link to the caller's.
+    #[arg(
+        long,
+        env = "IDENTITY_TRUST_TRACE_CONTEXT",
+        value_enum,
+        default_value = "trusted-proxies"
+    )]
+    pub(super) trust_trace_context: TraceContextTrust,
 
     /// Milliseconds between two readiness checks of the database (health service `readiness`).
     #[arg(long, env = "IDENTITY_READINESS_INTERVAL_MS", default_value_t = 5000)]

@@ -195,6 +195,7 @@ impl ServeArgs {
                 identity: ClientIdentity {
                     trusted_proxies: TrustedProxies::new(self.trusted_proxies),
                     header: self.client_ip_header,
+                    trace_context: self.trust_trace_context,
                 },
             },
             readiness_interval: Duration::from_millis(self.readiness_interval_ms),

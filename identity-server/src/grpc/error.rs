@@ -99,8 +99,9 @@ impl From<StoreError> for Status {
 }
 
 impl From<AdmitError> for Status {
-    /// RESOURCE_EXHAUSTED, reason RATE_LIMITED, with the limit's action and scope (`ip` or
-    /// `address`, never the address itself) in the ErrorInfo metadata and the wait in RetryInfo.
+    /// RESOURCE_EXHAUSTED, reason RATE_LIMITED, with the limit's action and scope (`ip`, `ip48`,
+    /// `ip32` or `address`, never the address itself) in the ErrorInfo metadata and the wait in
+    /// RetryInfo.
     fn from(error: AdmitError) -> Self {
         match error {
             AdmitError::RateLimited {

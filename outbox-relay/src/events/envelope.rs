@@ -87,7 +87,12 @@ pub fn envelope(event: &Claimed, source: &str) -> Result<Envelope, String> {
     if let Some(traceparent) = &event.traceparent {
         headers.insert("ce-traceparent", traceparent.as_str());
     }
-    if let Some(tracestate) = &event.tracestate {
+    // Capped as the server caps what it stores (a row written before the cap may hold more).
+    if let Some(tracestate) = event
+        .tracestate
+        .as_deref()
+        .and_then(identity_proto::telemetry::TraceContext::capped_tracestate)
+    {
         headers.insert("ce-tracestate", tracestate.as_str());
     }
     Ok(Envelope {
@@ -158,6 +163,24 @@ mod tests {
         let decoded = <UserLoggedIn as prost::Message>::decode(envelope.data.as_ref())
             .expect("the body is the protobuf event");
         assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn the_tracestate_header_is_capped_at_member_boundaries() {
+        let event = UserLoggedIn::default();
+        let mut row = claimed(&event, "u1");
+        let long = (0..30).map(|i| format!("k{i:02}={}", "v".repeat(250)));
+        row.tracestate = Some(
+            std::iter::once("congo=t61rcWkgMzE".to_owned())
+                .chain(long)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        let envelope = envelope(&row, "/identity").expect("an envelope");
+        assert_eq!(
+            envelope.headers.get("ce-tracestate").map(|v| v.as_str()),
+            Some("congo=t61rcWkgMzE")
+        );
     }
 
     #[test]
