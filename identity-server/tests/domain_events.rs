@@ -51,8 +51,9 @@ fn decode<E: DomainEvent + Default>(event: &(String, String, Vec<u8>)) -> E {
     E::decode(event.2.as_slice()).expect("decodes with the generated type")
 }
 
-/// Asks for a reset of `ADDRESS` and resets its password with the emailed token.
-async fn reset_password(app: &TestApp) {
+/// Asks for a reset of `ADDRESS` and resets its password with the emailed token; returns the
+/// token.
+async fn reset_password(app: &TestApp) -> String {
     let resets = PasswordResetServiceClient::new(app.channel.clone());
     resets
         .clone()
@@ -77,11 +78,12 @@ async fn reset_password(app: &TestApp) {
     resets
         .clone()
         .reset_password(pb::ResetPasswordRequest {
-            token,
+            token: token.clone(),
             new_password: NEW_PASSWORD.into(),
         })
         .await
         .expect("resets");
+    token
 }
 
 #[tokio::test]
@@ -145,35 +147,7 @@ async fn each_change_queues_its_event_in_order_and_none_holds_a_secret() {
         .await
         .expect("logs out");
     let last = login(&app, ADDRESS, PASSWORD).await.expect("logs in");
-    let resets = PasswordResetServiceClient::new(app.channel.clone());
-    resets
-        .clone()
-        .request_password_reset(pb::RequestPasswordResetRequest {
-            email: ADDRESS.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("OK");
-    let reset_token = {
-        use schema::outbox::dsl as o;
-        let payload: serde_json::Value = o::outbox
-            .filter(o::kind.eq(EmailPasswordResetV1::KIND))
-            .select(o::payload)
-            .first(&mut app.conn().await)
-            .await
-            .expect("the reset email is queued");
-        serde_json::from_value::<EmailPasswordResetV1>(payload)
-            .expect("parses")
-            .token
-    };
-    resets
-        .clone()
-        .reset_password(pb::ResetPasswordRequest {
-            token: reset_token.clone(),
-            new_password: NEW_PASSWORD.into(),
-        })
-        .await
-        .expect("resets");
+    let reset_token = reset_password(&app).await;
 
     let queued = queued_events(&app).await;
     let types: Vec<&str> = queued.iter().map(|(kind, _, _)| kind.as_str()).collect();

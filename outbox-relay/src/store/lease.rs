@@ -113,35 +113,46 @@ mod tests {
         line: String,
     }
 
-    #[tokio::test]
-    async fn a_claim_from_a_backlog_reads_the_claim_index_in_order_without_sorting() {
+    /// 10,000 emails waiting, as after an outage.
+    const EMAIL_BACKLOG: &str =
+        "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, available_at)
+         SELECT gen_random_uuid(), 'user', 'u', 'email.verification.v1', '{}',
+                now() - make_interval(secs => i)
+           FROM generate_series(1, 10000) AS i";
+
+    /// The plan `explain` gets (it runs an `EXPLAIN` on the connection it is given) after the
+    /// `seed` statements filled a fresh outbox and its statistics were refreshed. (On a nearly
+    /// empty table the planner rightly prefers reading it whole, so the plan would say nothing.)
+    async fn plan_after(
+        seed: &[&str],
+        explain: impl AsyncFnOnce(&mut AsyncPgConnection) -> QueryResult<Vec<PlanLine>>,
+    ) -> Vec<String> {
         let db = TestDb::create().await;
         let mut conn = db.connect().await;
-        // A backlog, as after an outage, with fresh statistics. (On a nearly empty table the
-        // planner rightly prefers reading it whole, so the plan would say nothing.)
-        diesel::sql_query(
-            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, available_at)
-             SELECT gen_random_uuid(), 'user', 'u', 'email.verification.v1', '{}',
-                    now() - make_interval(secs => i)
-               FROM generate_series(1, 10000) AS i",
-        )
-        .execute(&mut conn)
-        .await
-        .expect("a backlog");
-        diesel::sql_query("ANALYZE outbox")
-            .execute(&mut conn)
+        for statement in seed.iter().chain(&["ANALYZE outbox"]) {
+            diesel::sql_query(*statement)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        let plan = explain(&mut conn)
             .await
-            .expect("statistics");
+            .expect("the statement can be explained");
+        plan.into_iter().map(|p| p.line).collect()
+    }
 
-        let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {CLAIM}"))
-            .bind::<SqlUuid, _>(Uuid::new_v4())
-            .bind::<Double, _>(30.0)
-            .bind::<BigInt, _>(64)
-            .load(&mut conn)
-            .await
-            .expect("the claim can be explained");
-        let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
-        let plan = plan.join("\n");
+    #[tokio::test]
+    async fn a_claim_from_a_backlog_reads_the_claim_index_in_order_without_sorting() {
+        let plan = plan_after(&[EMAIL_BACKLOG], async |conn| {
+            diesel::sql_query(format!("EXPLAIN {CLAIM}"))
+                .bind::<SqlUuid, _>(Uuid::new_v4())
+                .bind::<Double, _>(30.0)
+                .bind::<BigInt, _>(64)
+                .load(conn)
+                .await
+        })
+        .await
+        .join("\n");
 
         assert!(
             plan.contains("Index Scan using outbox_email_claim_idx"),
@@ -151,79 +162,23 @@ mod tests {
         assert!(!plan.contains("Seq Scan"), "{plan}");
     }
 
-    /// The plan of `query`, bound by `bind`, when the outbox holds a backlog.
-    async fn plan_on_a_backlog(
-        query: &str,
-        bind: impl AsyncFnOnce(&str, &mut AsyncPgConnection) -> Vec<PlanLine>,
-    ) -> String {
-        let db = TestDb::create().await;
-        let mut conn = db.connect().await;
-        diesel::sql_query(
-            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, available_at)
-             SELECT gen_random_uuid(), 'user', 'u', 'email.verification.v1', '{}',
-                    now() - make_interval(secs => i)
-               FROM generate_series(1, 10000) AS i",
-        )
-        .execute(&mut conn)
-        .await
-        .expect("a backlog");
-        diesel::sql_query("ANALYZE outbox")
-            .execute(&mut conn)
-            .await
-            .expect("statistics");
-        let plan = bind(&format!("EXPLAIN {query}"), &mut conn).await;
-        plan.into_iter()
-            .map(|p| p.line)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     #[tokio::test]
     async fn releasing_a_batch_finds_its_rows_by_primary_key() {
-        let plan = plan_on_a_backlog(RELEASE, async |explain, conn| {
-            diesel::sql_query(explain)
+        let plan = plan_after(&[EMAIL_BACKLOG], async |conn| {
+            diesel::sql_query(format!("EXPLAIN {RELEASE}"))
                 .bind::<Array<SqlUuid>, _>(vec![Uuid::new_v4(), Uuid::new_v4()])
                 .bind::<Array<SqlUuid>, _>(vec![Uuid::new_v4()])
                 .load(conn)
                 .await
-                .expect("the release can be explained")
         })
-        .await;
+        .await
+        .join("\n");
         assert!(
             plan.contains("Index Scan using outbox_pkey")
                 || plan.contains("Bitmap Index Scan on outbox_pkey"),
             "{plan}"
         );
         assert!(!plan.contains("Seq Scan"), "{plan}");
-    }
-
-    /// `EXPLAIN (ANALYZE)` of `query` (bound to `cap`) on an outbox of 30,000 emails and 30,000
-    /// events: the plan, and the most rows any scan of the outbox returned.
-    async fn backlog_plan(query: &str, cap: i64) -> (String, i64) {
-        let db = TestDb::create().await;
-        let mut conn = db.connect().await;
-        diesel::sql_query(
-            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, created_at)
-             SELECT gen_random_uuid(), 'user', 'u' || (i % 100),
-                    CASE WHEN i % 2 = 0 THEN 'email.verification.v1' ELSE 'identity.user.registered.v1' END,
-                    '{}', now() - make_interval(secs => i)
-               FROM generate_series(1, 60000) AS i",
-        )
-        .execute(&mut conn)
-        .await
-        .expect("a backlog");
-        diesel::sql_query("ANALYZE outbox")
-            .execute(&mut conn)
-            .await
-            .expect("statistics");
-        let plan: Vec<PlanLine> =
-            diesel::sql_query(format!("EXPLAIN (ANALYZE, TIMING OFF) {query}"))
-                .bind::<BigInt, _>(cap)
-                .load(&mut conn)
-                .await
-                .expect("the statement can be explained");
-        let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
-        (plan.join("\n"), most_rows(&plan))
     }
 
     /// The most rows any scan of the outbox returned in an `EXPLAIN (ANALYZE)`, over all its
@@ -255,7 +210,26 @@ mod tests {
     #[tokio::test]
     async fn the_backlog_sample_reads_a_capped_number_of_index_entries_whatever_the_outbox_holds() {
         let cap = 1_000;
-        let (plan, most_rows) = backlog_plan(crate::store::BACKLOGS, cap).await;
+        // 30,000 emails and 30,000 events.
+        let seed =
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, created_at)
+             SELECT gen_random_uuid(), 'user', 'u' || (i % 100),
+                    CASE WHEN i % 2 = 0 THEN 'email.verification.v1'
+                         ELSE 'identity.user.registered.v1' END,
+                    '{}', now() - make_interval(secs => i)
+               FROM generate_series(1, 60000) AS i";
+        let plan = plan_after(&[seed], async |conn| {
+            diesel::sql_query(format!(
+                "EXPLAIN (ANALYZE, TIMING OFF) {}",
+                crate::store::BACKLOGS
+            ))
+            .bind::<BigInt, _>(cap)
+            .load(conn)
+            .await
+        })
+        .await;
+        let most_rows = most_rows(&plan);
+        let plan = plan.join("\n");
         assert!(!plan.contains("Seq Scan"), "{plan}");
         assert!(plan.contains("outbox_channel_created_at_idx"), "{plan}");
         // One scan per channel, each stopping at the cap.
@@ -265,43 +239,33 @@ mod tests {
         );
     }
 
-    /// `EXPLAIN (ANALYZE)` of the event claim `claim` when one user has 10,000 events queued
-    /// (the oldest in the outbox) and 20 others one each.
-    async fn event_claim_plan(claim: &str) -> (String, i64) {
-        let db = TestDb::create().await;
-        let mut conn = db.connect().await;
-        for (user, events, age) in [("busy", 10_000, 3_600), ("quiet", 1, 60)] {
-            let users = if user == "busy" { 1 } else { 20 };
-            diesel::sql_query(format!(
+    #[tokio::test]
+    async fn one_users_long_event_queue_costs_the_event_claim_one_entry() {
+        // One user has 10,000 events queued (the oldest in the outbox), 20 others one each.
+        let seed = |user: &str, users: u32, events: u32, age: u32| {
+            format!(
                 "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload, available_at)
                  SELECT gen_random_uuid(), 'user', '{user}' || u, 'identity.user.logged_in.v1',
                         '{{}}', now() - make_interval(secs => {age} - e * 0.001)
                    FROM generate_series(1, {users}) AS u, generate_series(1, {events}) AS e
                   ORDER BY e, u"
+            )
+        };
+        let (busy, quiet) = (seed("busy", 1, 10_000, 3_600), seed("quiet", 20, 1, 60));
+        let plan = plan_after(&[&busy, &quiet], async |conn| {
+            diesel::sql_query(format!(
+                "EXPLAIN (ANALYZE, TIMING OFF) {}",
+                crate::store::events::CLAIM_EVENTS
             ))
-            .execute(&mut conn)
+            .bind::<SqlUuid, _>(Uuid::new_v4())
+            .bind::<Double, _>(30.0)
+            .bind::<BigInt, _>(64)
+            .load(conn)
             .await
-            .expect("events");
-        }
-        diesel::sql_query("ANALYZE outbox")
-            .execute(&mut conn)
-            .await
-            .expect("statistics");
-        let plan: Vec<PlanLine> =
-            diesel::sql_query(format!("EXPLAIN (ANALYZE, TIMING OFF) {claim}"))
-                .bind::<SqlUuid, _>(Uuid::new_v4())
-                .bind::<Double, _>(30.0)
-                .bind::<BigInt, _>(64)
-                .load(&mut conn)
-                .await
-                .expect("the claim can be explained");
-        let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
-        (plan.join("\n"), most_rows(&plan))
-    }
-
-    #[tokio::test]
-    async fn one_users_long_event_queue_costs_the_event_claim_one_entry() {
-        let (plan, most_rows) = event_claim_plan(crate::store::events::CLAIM_EVENTS).await;
+        })
+        .await;
+        let most_rows = most_rows(&plan);
+        let plan = plan.join("\n");
         assert!(!plan.contains("Seq Scan"), "{plan}");
         assert!(
             most_rows <= 64,
