@@ -209,6 +209,26 @@ impl Server {
         user_id
     }
 
+    /// Registers `email` and verifies it with the token of its email in the outbox (no relay
+    /// may be draining it), so it has an active account with [`PASSWORD`].
+    pub async fn activate(&self, email: &str) {
+        let mut registration = self.registration().await;
+        registration
+            .register(register_request(email))
+            .await
+            .unwrap_or_else(|e| panic!("registering {email} failed: {e:?}"));
+        let token = self.emails_to(email).await[0].token.clone();
+        registration
+            .verify_email(identity_proto::identity::v1::VerifyEmailRequest {
+                proof: Some(
+                    identity_proto::identity::v1::verify_email_request::Proof::Token(token),
+                ),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("verifying {email} failed: {e:?}"));
+    }
+
     /// The verification emails still in the outbox for `recipient`, oldest first.
     pub async fn emails_to(&self, recipient: &str) -> Vec<EmailVerificationV1> {
         #[derive(QueryableByName)]

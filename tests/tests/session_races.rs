@@ -55,19 +55,7 @@ async fn a_login_whose_password_check_straddles_a_reset_gets_no_session_that_out
     ])
     .await;
     let email = "ada@example.com";
-    let mut registration = server.registration().await;
-    registration
-        .register(identity_tests::server::register_request(email))
-        .await
-        .expect("registers");
-    let token = server.emails_to(email).await[0].token.clone();
-    registration
-        .verify_email(pb::VerifyEmailRequest {
-            proof: Some(pb::verify_email_request::Proof::Token(token)),
-            password: identity_tests::server::PASSWORD.into(),
-        })
-        .await
-        .expect("verifies");
+    server.activate(email).await;
     let channel = server.channel().await;
     PasswordResetServiceClient::new(channel.clone())
         .request_password_reset(pb::RequestPasswordResetRequest {
