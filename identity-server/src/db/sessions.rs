@@ -2,7 +2,7 @@
 
 use diesel::{
     prelude::*,
-    sql_types::{Array, Double, Integer, Text, Timestamptz},
+    sql_types::{Array, BigInt, Bytea, Double, Integer, Nullable, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
@@ -263,7 +263,7 @@ pub async fn insert_refresh_token(
 }
 
 /// A session, as a refresh sees it.
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, QueryableByName)]
 #[diesel(table_name = sessions, check_for_backend(diesel::pg::Pg))]
 pub struct LockedSession {
     pub id: Uuid,
@@ -274,67 +274,96 @@ pub struct LockedSession {
     pub generation: i64,
 }
 
-/// The session the refresh token with this hash belongs to, locked until the transaction ends.
+/// A presented refresh token's place in its session.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct TokenState {
+    /// The generation the token was issued in.
+    #[diesel(sql_type = BigInt, column_name = token_generation)]
+    pub generation: i64,
+    /// When a rotation retired it, as the statement that locked the session read it: a
+    /// rotation that committed while that statement waited for the lock is missing here (the
+    /// session's generation, read after the wait, shows it).
+    #[diesel(sql_type = Nullable<Timestamptz>, column_name = token_retired_at)]
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+/// A session locked for a refresh, and the presented token.
+#[derive(Debug, QueryableByName)]
+pub struct Presented {
+    #[diesel(embed)]
+    pub session: LockedSession,
+    #[diesel(embed)]
+    pub token: TokenState,
+}
+
+/// The session the refresh token with this hash belongs to, locked until the transaction ends,
+/// with the token's generation and retirement: one statement.
 ///
 /// Every change to a session's refresh tokens happens under this lock, taken before any token
 /// row is touched, so concurrent refreshes of one session (of one token, or of two tokens of it)
-/// take turns and never lock in opposite orders.
+/// take turns and never lock in opposite orders. A refresh that waited for the lock reads the
+/// session as the one before it left it (PostgreSQL reads a locked row again after the wait),
+/// but the token as it was when the statement started; see [`TokenState::retired_at`].
+pub async fn lock_presented(
+    conn: &mut AsyncPgConnection,
+    hash: &TokenHash,
+) -> Result<Option<Presented>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT s.id, s.user_id, s.expires_at, s.revoked_at, s.generation,
+                t.generation AS token_generation, t.retired_at AS token_retired_at
+           FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+          WHERE t.token_hash = $1
+            FOR NO KEY UPDATE OF s",
+    )
+    .bind::<Bytea, _>(&hash.0[..])
+    .get_result(conn)
+    .await
+    .optional()?)
+}
+
+/// The session the refresh token with this hash belongs to, locked until the transaction ends
+/// (as [`lock_presented`] locks it), for ending it.
 pub async fn lock_session_of(
     conn: &mut AsyncPgConnection,
     hash: &TokenHash,
 ) -> Result<Option<LockedSession>, StoreError> {
-    let session_of_token = refresh_tokens::table
-        .filter(refresh_tokens::token_hash.eq(&hash.0[..]))
-        .select(refresh_tokens::session_id)
-        .single_value();
-    Ok(sessions::table
-        .filter(sessions::id.nullable().eq(session_of_token))
-        .select(LockedSession::as_select())
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?)
+    Ok(lock_presented(conn, hash).await?.map(|p| p.session))
 }
 
-/// A refresh token's place in its session.
-#[derive(Debug, Clone, Copy, Queryable)]
-pub struct TokenState {
-    pub generation: i64,
-    pub retired_at: Option<OffsetDateTime>,
-}
-
-/// The generation and retirement of the refresh token with this hash. Read after
-/// [`lock_session_of`], so it reflects every refresh that went before.
-pub async fn token_state(
-    conn: &mut AsyncPgConnection,
-    hash: &TokenHash,
-) -> Result<Option<TokenState>, StoreError> {
-    Ok(refresh_tokens::table
-        .find(&hash.0[..])
-        .select((refresh_tokens::generation, refresh_tokens::retired_at))
-        .first(conn)
-        .await
-        .optional()?)
-}
-
-/// Starts the session's next generation: retires every current refresh token of the session
-/// and returns the new generation, for the token that replaces them.
+/// Starts the session's next generation in one statement: retires every current refresh token
+/// of the session, moves the session to the next generation, and stores `hash` as the one
+/// current token of it. Returns the new generation.
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
     session_id: Uuid,
+    hash: &TokenHash,
     now: OffsetDateTime,
 ) -> Result<i64, StoreError> {
-    diesel::update(refresh_tokens::table)
-        .filter(refresh_tokens::session_id.eq(session_id))
-        .filter(refresh_tokens::retired_at.is_null())
-        .set(refresh_tokens::retired_at.eq(now))
-        .execute(conn)
-        .await?;
-    Ok(diesel::update(sessions::table.find(session_id))
-        .set(sessions::generation.eq(sessions::generation + 1))
-        .returning(sessions::generation)
-        .get_result(conn)
-        .await?)
+    #[derive(QueryableByName)]
+    struct Next {
+        #[diesel(sql_type = BigInt)]
+        generation: i64,
+    }
+    // The statements of one query see the same snapshot: the token inserted here is not among
+    // those the update retires.
+    let next: Next = diesel::sql_query(
+        "WITH next AS (
+             UPDATE sessions SET generation = generation + 1 WHERE id = $1
+             RETURNING generation
+         ), retired AS (
+             UPDATE refresh_tokens SET retired_at = $2
+              WHERE session_id = $1 AND retired_at IS NULL
+         )
+         INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)
+         SELECT $3, $1, generation, $2 FROM next
+         RETURNING generation",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(session_id)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Bytea, _>(&hash.0[..])
+    .get_result(conn)
+    .await?;
+    Ok(next.generation)
 }
 
 /// Ends a session; does nothing if it already ended.

@@ -81,14 +81,18 @@ fn presentation(
     now: OffsetDateTime,
     grace: Duration,
 ) -> Presentation {
-    match token.retired_at {
-        None => Presentation::Current,
-        Some(retired_at)
-            if token.generation == session_generation - 1 && now < retired_at + grace =>
-        {
-            Presentation::Retry
-        }
-        Some(_) => Presentation::Reuse,
+    // The current tokens carry the session's generation, and a rotation moves the session to
+    // the next one; so the generations tell current from retired even when the token's
+    // `retired_at` was read before a rotation that committed while this refresh waited for the
+    // session (it then reads as not retired: that rotation retired it just now).
+    if token.generation == session_generation {
+        return Presentation::Current;
+    }
+    let retired_at = token.retired_at.unwrap_or(now);
+    if token.generation == session_generation - 1 && now < retired_at + grace {
+        Presentation::Retry
+    } else {
+        Presentation::Reuse
     }
 }
 
@@ -114,24 +118,34 @@ impl Sessions {
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let verdict = conn
             .transaction(async |conn| {
-                let Some(session) = db::sessions::lock_session_of(conn, &hash).await? else {
+                let Some(db::sessions::Presented { session, token }) =
+                    db::sessions::lock_presented(conn, &hash).await?
+                else {
                     return Ok::<_, RefreshError>(Verdict::Refused);
                 };
                 tracing::Span::current().record("session_id", field::display(session.id));
                 if session.revoked_at.is_some() || session.expires_at <= now {
                     return Ok(Verdict::Refused);
                 }
-                let Some(token) = db::sessions::token_state(conn, &hash).await? else {
-                    return Ok(Verdict::Refused);
-                };
+                let next = RefreshToken::generate();
                 let grace = self.settings.refresh_reuse_grace;
-                let generation = match presentation(token, session.generation, now, grace) {
-                    Presentation::Current => db::sessions::rotate(conn, session.id, now).await?,
+                match presentation(token, session.generation, now, grace) {
+                    Presentation::Current => {
+                        db::sessions::rotate(conn, session.id, &next.hash(), now).await?;
+                    }
                     Presentation::Retry => {
                         tracing::info!(
                             "the refresh token retired by the latest rotation was presented again within the grace window; issuing a fresh pair"
                         );
-                        session.generation
+                        // A sibling of the token the first call issued, current with it.
+                        db::sessions::insert_refresh_token(
+                            conn,
+                            session.id,
+                            &next.hash(),
+                            session.generation,
+                            now,
+                        )
+                        .await?;
                     }
                     Presentation::Reuse => {
                         db::sessions::revoke(conn, session.id, "refresh_token_reuse", now).await?;
@@ -142,8 +156,8 @@ impl Sessions {
                             user_id: session.user_id,
                         });
                     }
-                };
-                Ok(Verdict::Issued(self.issue(conn, &session, generation, now).await?))
+                }
+                Ok(Verdict::Issued(self.issue(&session, next, now)?))
             })
             .await?;
         match verdict {
@@ -185,15 +199,14 @@ impl Sessions {
             .await
     }
 
-    /// A new refresh token of `generation` and a new access token for `session`.
-    async fn issue(
+    /// The pair a refresh answers: `refresh_token`, stored for `session`, and a new access
+    /// token.
+    fn issue(
         &self,
-        conn: &mut diesel_async::AsyncPgConnection,
         session: &LockedSession,
-        generation: i64,
+        refresh_token: RefreshToken,
         now: OffsetDateTime,
     ) -> Result<Issued, RefreshError> {
-        let refresh_token = Self::new_refresh_token(conn, session.id, generation, now).await?;
         let (access_token, access_expires_at) =
             self.access_token(session.user_id, session.id, now)?;
         Ok(Issued {
@@ -274,6 +287,23 @@ mod tests {
     fn with_no_window_every_retired_token_is_reuse() {
         assert_eq!(
             presentation(token(3, Some(Duration::ZERO)), 4, NOW, Duration::ZERO),
+            Presentation::Reuse
+        );
+        assert_eq!(
+            presentation(token(3, None), 4, NOW, Duration::ZERO),
+            Presentation::Reuse
+        );
+    }
+
+    #[test]
+    fn a_token_read_before_a_rotation_that_committed_meanwhile_is_a_retry() {
+        // Read as not retired, but the session moved on: that rotation retired it just now.
+        assert_eq!(
+            presentation(token(3, None), 4, NOW, GRACE),
+            Presentation::Retry
+        );
+        assert_eq!(
+            presentation(token(2, None), 4, NOW, GRACE),
             Presentation::Reuse
         );
     }
