@@ -330,6 +330,18 @@ pub async fn lock_session_of(
     Ok(lock_presented(conn, hash).await?.map(|p| p.session))
 }
 
+/// [`rotate`]'s statement: `$1` the session, `$2` now, `$3` the new token's hash.
+const ROTATE: &str = "WITH next AS (
+        UPDATE sessions SET generation = generation + 1 WHERE id = $1
+        RETURNING generation
+    ), retired AS (
+        UPDATE refresh_tokens SET retired_at = $2
+         WHERE session_id = $1 AND retired_at IS NULL
+    )
+    INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)
+    SELECT $3, $1, generation, $2 FROM next
+    RETURNING generation";
+
 /// Starts the session's next generation in one statement: retires every current refresh token
 /// of the session, moves the session to the next generation, and stores `hash` as the one
 /// current token of it. Returns the new generation.
@@ -346,23 +358,12 @@ pub async fn rotate(
     }
     // The statements of one query see the same snapshot: the token inserted here is not among
     // those the update retires.
-    let next: Next = diesel::sql_query(
-        "WITH next AS (
-             UPDATE sessions SET generation = generation + 1 WHERE id = $1
-             RETURNING generation
-         ), retired AS (
-             UPDATE refresh_tokens SET retired_at = $2
-              WHERE session_id = $1 AND retired_at IS NULL
-         )
-         INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)
-         SELECT $3, $1, generation, $2 FROM next
-         RETURNING generation",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(session_id)
-    .bind::<Timestamptz, _>(now)
-    .bind::<Bytea, _>(&hash.0[..])
-    .get_result(conn)
-    .await?;
+    let next: Next = diesel::sql_query(ROTATE)
+        .bind::<diesel::sql_types::Uuid, _>(session_id)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Bytea, _>(&hash.0[..])
+        .get_result(conn)
+        .await?;
     Ok(next.generation)
 }
 
@@ -383,4 +384,92 @@ pub async fn revoke(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use identity_tests::pg::TestDb;
+
+    use super::*;
+
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    /// The most rows one scan of `refresh_tokens` read in an `EXPLAIN (ANALYZE)`: those it
+    /// returned and those its filter removed.
+    fn most_token_rows(plan: &[String]) -> i64 {
+        let number_after = |line: &str, label: &str| -> Option<i64> {
+            line.split(label).nth(1)?.split(' ').next()?.parse().ok()
+        };
+        let mut most = 0;
+        for (i, line) in plan.iter().enumerate() {
+            if !(line.contains("Scan") && line.contains(" on refresh_tokens")) {
+                continue;
+            }
+            let returned = number_after(line, "actual rows=").unwrap_or_default();
+            // The scan's details follow it, up to the next node.
+            let removed: i64 = plan[i + 1..]
+                .iter()
+                .take_while(|l| !l.contains("->"))
+                .filter_map(|l| number_after(l.trim_start(), "Rows Removed by Filter: "))
+                .sum();
+            most = most.max(returned + removed);
+        }
+        most
+    }
+
+    #[tokio::test]
+    async fn a_rotation_reads_the_sessions_current_tokens_only_however_old_the_session() {
+        // A session refreshed every five minutes for a month has over 8,000 retired tokens.
+        const RETIRED: i64 = 10_000;
+        let db = TestDb::create().await;
+        let mut conn = db.connect().await;
+        let session = Uuid::new_v4();
+        for statement in [
+            "INSERT INTO users (id, email, password_hash, status, display_name, locale,
+                                created_at, updated_at, verified_at)
+             VALUES ('00000000-0000-0000-0000-000000000001', 'ada@example.com', '$argon2id$x',
+                     'active', 'Ada', 'en', now(), now(), now())",
+            "INSERT INTO sessions (id, user_id, created_at, expires_at, generation)
+             VALUES ($1, '00000000-0000-0000-0000-000000000001', now(),
+                     now() + interval '30 days', 10000)",
+            "INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at,
+                                         retired_at)
+             SELECT sha256(i::text::bytea), $1, i, now(),
+                    CASE WHEN i < 10000 THEN now() END
+               FROM generate_series(0, 10000) AS i",
+            "ANALYZE refresh_tokens",
+        ] {
+            let query = diesel::sql_query(statement);
+            if statement.contains("$1") {
+                query
+                    .bind::<diesel::sql_types::Uuid, _>(session)
+                    .execute(&mut conn)
+                    .await
+            } else {
+                query.execute(&mut conn).await
+            }
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+
+        let plan: Vec<PlanLine> =
+            diesel::sql_query(format!("EXPLAIN (ANALYZE, TIMING OFF) {ROTATE}"))
+                .bind::<diesel::sql_types::Uuid, _>(session)
+                .bind::<Timestamptz, _>(OffsetDateTime::now_utc())
+                .bind::<Bytea, _>(&[7_u8; 32][..])
+                .load(&mut conn)
+                .await
+                .expect("the rotation runs");
+        let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
+        let most = most_token_rows(&plan);
+        let plan = plan.join("\n");
+        assert!(
+            most <= 1,
+            "a scan of refresh_tokens read {most} rows to retire the one current token of a \
+             session with {RETIRED} retired ones:\n{plan}"
+        );
+    }
 }

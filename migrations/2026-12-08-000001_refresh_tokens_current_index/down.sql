@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS refresh_tokens_current_idx;
