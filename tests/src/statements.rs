@@ -46,6 +46,8 @@ impl std::fmt::Display for Statements {
 
 #[derive(QueryableByName)]
 struct Row {
+    #[diesel(sql_type = BigInt)]
+    queryid: i64,
     #[diesel(sql_type = Text)]
     query: String,
     #[diesel(sql_type = BigInt)]
@@ -86,28 +88,39 @@ impl StatementCounter {
     /// the check PostgreSQL itself runs at commit for a deferred foreign key (a path whose
     /// writes were rolled back has none to check; the check is one index probe).
     pub async fn during<T>(&self, call: impl AsyncFnOnce() -> T) -> (T, Statements) {
+        // The counts are read before and after rather than reset: an entry made again after a
+        // reset by a statement the server had prepared before it would keep its constants,
+        // and read as another statement than the same one prepared after the reset.
         let mut conn = self.db.connect().await;
-        diesel::sql_query("SELECT pg_stat_statements_reset()")
-            .execute(&mut conn)
-            .await
-            .expect("resets the counts");
+        let before = Self::counts(&mut conn).await;
         let outcome = call().await;
-        let rows: Vec<Row> = diesel::sql_query(
-            "SELECT query, calls FROM pg_stat_statements
-              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND query NOT LIKE '%pg_stat_statements%'",
-        )
-        .load(&mut conn)
-        .await
-        .expect("reads the counts");
+        let after = Self::counts(&mut conn).await;
         let mut statements = BTreeMap::new();
-        for row in rows {
-            let query = normalize(&row.query);
-            if query != "SELECT $1" && !is_foreign_key_check(&query) {
-                *statements.entry(query).or_default() += row.calls;
+        for (queryid, (query, calls)) in after {
+            let calls = calls - before.get(&queryid).map_or(0, |(_, calls)| *calls);
+            let query = normalize(&query);
+            if calls > 0 && query != "SELECT $1" && !is_foreign_key_check(&query) {
+                *statements.entry(query).or_default() += calls;
             }
         }
         (outcome, Statements(statements))
+    }
+
+    /// Every statement's text and calls so far, by its id.
+    async fn counts(conn: &mut AsyncPgConnection) -> BTreeMap<i64, (String, i64)> {
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT queryid, min(query) AS query, sum(calls)::bigint AS calls
+               FROM pg_stat_statements
+              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND query NOT LIKE '%pg_stat_statements%'
+              GROUP BY queryid",
+        )
+        .load(conn)
+        .await
+        .expect("reads the counts");
+        rows.into_iter()
+            .map(|row| (row.queryid, (row.query, row.calls)))
+            .collect()
     }
 }
 

@@ -30,7 +30,7 @@ pub async fn lock_address(
     conn: &mut AsyncPgConnection,
     address_key: &str,
 ) -> Result<(), StoreError> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+    identity_proto::pg::statement("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .bind::<Integer, _>(ADDRESS_LOCK_NAMESPACE)
         .bind::<Text, _>(address_key)
         .execute(conn)
@@ -92,7 +92,7 @@ pub async fn ledger(
     now: OffsetDateTime,
 ) -> Result<Ledger, StoreError> {
     let nth = |n: usize| i64::try_from(n).unwrap_or(i64::MAX) - 1;
-    Ok(diesel::sql_query(
+    Ok(identity_proto::pg::statement(
         "SELECT
             (SELECT sent_at FROM email_sends
               WHERE address_key = $1 AND sent_at > $2 - interval '1 hour'

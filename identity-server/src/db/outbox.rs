@@ -80,7 +80,7 @@ pub async fn enqueue(
             .values(&message)
             .execute(conn)
             .await?;
-        diesel::sql_query("SELECT pg_notify($1, '')")
+        identity_proto::pg::statement("SELECT pg_notify($1, '')")
             .bind::<Text, _>(NOTIFY_CHANNEL)
             .execute(conn)
             .await?;
@@ -142,7 +142,7 @@ impl Events {
         // the relay, publishing each user's lowest `seq` first, never overtakes an event that
         // was about to commit.
         // (Two users may share a lock, the key being a 32-bit hash: they then take turns.)
-        diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        identity_proto::pg::statement("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind::<Integer, _>(EVENT_LOCK_NAMESPACE)
             .bind::<Text, _>(&aggregate_id)
             .execute(conn)

@@ -84,7 +84,7 @@ pub async fn decide(
     let emissions: Vec<i64> = keys.iter().map(|k| k.emission_us).collect();
     let tolerances: Vec<i64> = keys.iter().map(|k| k.tolerance_us).collect();
     let cells: Vec<i64> = keys.iter().map(|k| k.cells).collect();
-    Ok(diesel::sql_query(SQL)
+    Ok(identity_proto::pg::statement(SQL)
         .bind::<Array<Text>, _>(names)
         .bind::<Array<BigInt>, _>(emissions)
         .bind::<Array<BigInt>, _>(tolerances)

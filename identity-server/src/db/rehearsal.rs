@@ -18,7 +18,7 @@ use super::StoreError;
 /// Opens the savepoint the writes that follow go into. If one of them fails, return the error:
 /// the whole transaction rolls back.
 pub async fn open(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
-    diesel::sql_query("SAVEPOINT rehearsal")
+    identity_proto::pg::statement("SAVEPOINT rehearsal")
         .execute(conn)
         .await?;
     Ok(())
@@ -31,6 +31,6 @@ pub async fn close(conn: &mut AsyncPgConnection, keep: bool) -> Result<(), Store
     } else {
         "ROLLBACK TO SAVEPOINT rehearsal"
     };
-    diesel::sql_query(end).execute(conn).await?;
+    identity_proto::pg::statement(end).execute(conn).await?;
     Ok(())
 }

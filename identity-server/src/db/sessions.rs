@@ -104,7 +104,7 @@ pub async fn revoke_beyond(
         #[diesel(sql_type = diesel::sql_types::Uuid)]
         id: Uuid,
     }
-    let revoked: Vec<Revoked> = diesel::sql_query(
+    let revoked: Vec<Revoked> = identity_proto::pg::statement(
         "UPDATE sessions SET revoked_at = $2, revoked_reason = 'session_limit'
           WHERE id IN (SELECT id FROM sessions
                         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
@@ -176,7 +176,7 @@ pub async fn reserve_attempt(
     now: OffsetDateTime,
     delays: &[f64],
 ) -> Result<Attempt, StoreError> {
-    let decision: Decision = diesel::sql_query(
+    let decision: Decision = identity_proto::pg::statement(
         "INSERT INTO login_throttle AS t
                 (email_key, failures, last_failed_at, blocked_until, refused_attempts)
          VALUES ($1, 1, $2, $2 + make_interval(secs => $3[1]), 0)
@@ -308,7 +308,7 @@ pub async fn lock_presented(
     conn: &mut AsyncPgConnection,
     hash: &TokenHash,
 ) -> Result<Option<Presented>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(identity_proto::pg::statement(
         "SELECT s.id, s.user_id, s.expires_at, s.revoked_at, s.generation,
                 t.generation AS token_generation, t.retired_at AS token_retired_at
            FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
@@ -358,7 +358,7 @@ pub async fn rotate(
     }
     // The statements of one query see the same snapshot: the token inserted here is not among
     // those the update retires.
-    let next: Next = diesel::sql_query(ROTATE)
+    let next: Next = identity_proto::pg::statement(ROTATE)
         .bind::<diesel::sql_types::Uuid, _>(session_id)
         .bind::<Timestamptz, _>(now)
         .bind::<Bytea, _>(&hash.0[..])

@@ -105,7 +105,7 @@ pub async fn trim_pending(
     email: &str,
     keep: i64,
 ) -> Result<usize, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(identity_proto::pg::statement(
         "DELETE FROM users WHERE id IN (
             SELECT u.id FROM users u
              WHERE lower(u.email) = lower($1) AND u.status = 'pending_verification'

@@ -22,11 +22,12 @@
 //!
 //! Layout: `url.rs` splits `DATABASE_URL`; `tls.rs` builds the rustls configuration and its
 //! certificate checks per mode; `pool.rs` holds [`SessionTimeouts`] and [`pool`]; `pooler/`
-//! connects through a transaction pooler; `failure.rs` classifies errors.
+//! connects through a transaction pooler; `prepared.rs` keeps constant raw SQL prepared; `failure.rs` classifies errors.
 
 mod failure;
 mod pool;
 mod pooler;
+mod prepared;
 mod tls;
 mod url;
 
@@ -38,6 +39,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use failure::Failure;
 pub use pool::{Pool, SessionTimeouts, pool};
+pub use prepared::{Statement, statement};
 pub use url::{PoolMode, RootCert, SslMode};
 
 /// `DATABASE_URL` cannot be used; the message names the part at fault, never the password.
