@@ -1,8 +1,11 @@
 //! Measuring helpers shared by the load generators: a tally of outcomes and latencies, the
-//! refresh loop, and the Argon2 bound of the machine (the most password hashes per second it
+//! refresh loops (closed and at a fixed rate), and the Argon2 bound of the machine (the most password hashes per second it
 //! can do).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, PoisonError},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -156,23 +159,11 @@ pub async fn refresh_phase(
     callers: usize,
     run_for: Duration,
 ) -> anyhow::Result<Tally> {
-    let mut sessions = Vec::new();
-    for caller in 0..callers {
-        let mut client = SessionServiceClient::new(channel.clone());
-        let token = client
-            .login(pb::LoginRequest {
-                email: emails[caller % emails.len()].clone(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .context("logging in before the refresh phase")?
-            .into_inner()
-            .refresh_token;
-        sessions.push((client, token));
-    }
+    let sessions = log_in(channel, emails, callers).await?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for (mut client, mut token) in sessions {
+    for mut token in sessions {
+        let mut client = SessionServiceClient::new(channel.clone());
         tasks.spawn(async move {
             let mut tally = Tally::default();
             while started.elapsed() < run_for {
@@ -192,6 +183,74 @@ pub async fn refresh_phase(
         });
     }
     Ok(gather(tasks, started).await)
+}
+
+/// Logs `n` sessions in, round-robin over `emails` (all with [`PASSWORD`]); returns their
+/// refresh tokens.
+pub async fn log_in(channel: &Channel, emails: &[String], n: usize) -> anyhow::Result<Vec<String>> {
+    let mut client = SessionServiceClient::new(channel.clone());
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let token = client
+            .login(pb::LoginRequest {
+                email: emails[i % emails.len()].clone(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .context("logging in before a refresh phase")?
+            .into_inner()
+            .refresh_token;
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
+/// RefreshSession arriving at a fixed `rate` per second for `run_for`, whatever the latency:
+/// each arrival takes one of `sessions` that no call is refreshing (a session is refreshed by
+/// one call at a time, as one client would), and puts its new token back. An arrival that
+/// finds every session busy counts as an error.
+pub async fn refresh_at_rate(
+    channel: &Channel,
+    sessions: Vec<String>,
+    rate: f64,
+    run_for: Duration,
+) -> Tally {
+    let idle = Arc::new(std::sync::Mutex::new(sessions));
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = JoinSet::new();
+    while started.elapsed() < run_for {
+        ticks.tick().await;
+        let mut client = SessionServiceClient::new(channel.clone());
+        let idle = Arc::clone(&idle);
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let taken = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let call = Instant::now();
+            let Some(token) = taken else {
+                let busy = Err(tonic::Status::aborted(
+                    "the load generator had no idle session",
+                ));
+                record::<()>(&mut tally, call, &busy);
+                return tally;
+            };
+            let result = client
+                .refresh_session(pb::RefreshSessionRequest {
+                    refresh_token: token,
+                })
+                .await;
+            record(&mut tally, call, &result);
+            if let Ok(response) = result {
+                let next = response.into_inner().refresh_token;
+                idle.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(next);
+            }
+            tally
+        });
+    }
+    gather(tasks, started).await
 }
 
 /// The password of every account the load generators create.

@@ -20,7 +20,7 @@ mod migrations;
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncPgConnection, pooled_connection::deadpool};
+use diesel_async::pooled_connection::deadpool;
 use identity_proto::pg::{self, Connector, Failure, SessionTimeouts};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -33,7 +33,7 @@ extern "SQL" {
 }
 
 /// The connection pool.
-pub type Pool = deadpool::Pool<AsyncPgConnection>;
+pub type Pool = pg::Pool;
 
 /// How the pool connects and how long anything may wait on the database before the caller is
 /// told it is unavailable.

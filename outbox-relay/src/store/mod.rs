@@ -25,7 +25,7 @@ pub use outcome::{complete, complete_many, dead_letter, put_back, retry_later};
 use schema::outbox;
 
 /// The connection pool.
-pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+pub type Pool = identity_proto::pg::Pool;
 
 /// A pool of up to `max_size` connections that waits at most `timeout` for one, connecting as
 /// `url` says (TLS after libpq's `sslmode`, see `identity_proto::pg`) with `session` limits on

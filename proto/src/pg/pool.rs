@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+use deadpool::managed::{BuildError, Metrics, RecycleError, RecycleResult};
 use diesel::ConnectionError;
 use diesel_async::{
     AsyncPgConnection,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool},
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection,
+    },
 };
 use futures_util::FutureExt;
 
@@ -50,16 +53,54 @@ impl SessionTimeouts {
 }
 
 /// A pool of connections.
-pub type Pool = deadpool::Pool<AsyncPgConnection>;
+pub type Pool = deadpool::managed::Pool<Manager>;
+
+/// A connection back in the pool for less than this is handed out again without a query to
+/// check it.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Opens connections as diesel-async's manager does, and checks one with a query (`SELECT 1`,
+/// a round trip) before handing it out again only if it sat idle in the pool for a second or
+/// more: a server restart or a dropped network path while it sat there is then found before a
+/// call uses it. A connection used a moment ago is handed out at once, unless it is known to be
+/// broken or left inside a transaction; under load that spares every call a round trip (one of
+/// RefreshSession's five). The cost: a connection the server dropped within the second before
+/// it is reused fails its call once, and is then discarded.
+pub struct Manager(AsyncDieselConnectionManager<AsyncPgConnection>);
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Manager").finish_non_exhaustive()
+    }
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = AsyncPgConnection;
+    type Error = PoolError;
+
+    async fn create(&self) -> Result<AsyncPgConnection, PoolError> {
+        self.0.create().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut AsyncPgConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<PoolError> {
+        if metrics.last_used() >= CHECK_AFTER_IDLE {
+            return self.0.recycle(conn, metrics).await;
+        }
+        if std::thread::panicking() || conn.is_broken() {
+            return Err(RecycleError::message("a broken connection"));
+        }
+        Ok(())
+    }
+}
 
 /// A pool of up to `max_size` connections opened by `connector`: opening one, waiting for a
 /// free one and recycling one each give up after `timeout`. No connection is opened until one
 /// is needed, so this succeeds while the database is down.
-pub fn pool(
-    connector: Connector,
-    max_size: usize,
-    timeout: Duration,
-) -> Result<Pool, deadpool::BuildError> {
+pub fn pool(connector: Connector, max_size: usize, timeout: Duration) -> Result<Pool, BuildError> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     let description = connector.target.clone();
     manager_config.custom_setup = Box::new(move |_url| {
@@ -80,12 +121,12 @@ pub fn pool(
         description,
         manager_config,
     );
-    deadpool::Pool::builder(manager)
+    deadpool::managed::Pool::builder(Manager(manager))
         .max_size(max_size)
         .wait_timeout(Some(timeout))
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
-        .runtime(::deadpool::Runtime::Tokio1)
+        .runtime(deadpool::Runtime::Tokio1)
         .build()
 }
 
