@@ -60,3 +60,45 @@ async fn a_refresh_session_runs_four_statements() {
         "statements per RefreshSession, besides the pool's connection check:\n{statements}"
     );
 }
+
+/// A domain event costs a Login one statement: the row, the user's event lock and the relay's
+/// wake-up are one round trip.
+#[tokio::test]
+async fn a_domain_event_costs_a_login_one_statement() {
+    let counter = StatementCounter::start().await;
+    let env = |events: &'static str| {
+        [
+            ("IDENTITY_RATE_LIMITING", "false"),
+            ("IDENTITY_JANITOR_INTERVAL_SECS", "86400"),
+            ("IDENTITY_DOMAIN_EVENTS", events),
+        ]
+    };
+    let quiet = Server::start_on(counter.db.clone(), &env("false")).await;
+    let publishing = quiet.replica(&env("true")).await;
+    quiet.activate("ada@example.com").await;
+    let login = async |channel| {
+        SessionServiceClient::new(channel)
+            .login(pb::LoginRequest {
+                email: "ada@example.com".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect("logs in");
+    };
+    // Each server's first login prepares its statements on its connection.
+    login(quiet.channel().await).await;
+    login(publishing.channel().await).await;
+
+    let ((), without) = counter
+        .during(async || login(quiet.channel().await).await)
+        .await;
+    let ((), with) = counter
+        .during(async || login(publishing.channel().await).await)
+        .await;
+    println!("a Login without events ran:\n{without}\nwith events:\n{with}");
+    assert_eq!(
+        with.total(),
+        without.total() + 1,
+        "a Login that queues one event (user.logged_in) ran\n{with}\nand without events\n{without}"
+    );
+}

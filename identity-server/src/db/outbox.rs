@@ -1,9 +1,6 @@
 //! Writes to the transactional outbox.
 
-use diesel::{
-    prelude::*,
-    sql_types::{Integer, Text},
-};
+use diesel::sql_types::{Integer, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use identity_proto::{
     outbox::{AGGREGATE_USER, DomainEvent, EventPayload, NOTIFY_CHANNEL},
@@ -12,36 +9,32 @@ use identity_proto::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{StoreError, schema::outbox};
+use super::StoreError;
 
-/// A message to deliver once the surrounding transaction commits.
-#[derive(Insertable)]
-#[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
-struct NewMessage<'a> {
-    pub id: Uuid,
-    pub aggregate_type: &'a str,
-    pub aggregate_id: &'a str,
-    pub kind: &'a str,
-    /// May hold secrets (a verification token and code): never log it.
-    pub payload: serde_json::Value,
-    /// The W3C trace context of the span that queued it, which the relay's send continues.
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-}
+/// Adds a message to the outbox and wakes the relay, in one statement: `$1` id, `$2`
+/// aggregate type, `$3` aggregate id, `$4` kind, `$5` payload, `$6` traceparent, `$7`
+/// tracestate, `$8` the channel to notify.
+const ENQUEUE: &str = "INSERT INTO outbox
+        (id, aggregate_type, aggregate_id, kind, payload, traceparent, tracestate)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    RETURNING pg_notify($8, '')";
 
-impl std::fmt::Debug for NewMessage<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewMessage")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("aggregate_id", &self.aggregate_id)
-            .finish_non_exhaustive()
-    }
-}
+/// [`ENQUEUE`] for a domain event: first takes the user's event lock (`$9` its namespace, the
+/// aggregate id its key), held until commit, so the row's `seq` is drawn only once every
+/// earlier writer of the user's events committed. The lock is a materialized CTE, read before
+/// the row (and its `seq`) is formed.
+const ENQUEUE_EVENT: &str = "WITH locked AS MATERIALIZED (
+        SELECT pg_advisory_xact_lock($9, hashtext($3))
+    )
+    INSERT INTO outbox
+        (id, aggregate_type, aggregate_id, kind, payload, traceparent, tracestate)
+    SELECT $1, $2, $3, $4, $5, $6, $7 FROM locked
+    RETURNING pg_notify($8, '')";
 
 /// Adds the message to the outbox within the caller's transaction and wakes the relay, whose
 /// notification PostgreSQL delivers only if, and when, that transaction commits. The insert
-/// is the message's producer span, whose trace context the row carries to the relay.
+/// is the message's producer span, whose trace context the row carries to the relay. The
+/// payload may hold secrets (a verification token and code): never log it.
 pub async fn enqueue(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -49,6 +42,19 @@ pub async fn enqueue(
     aggregate_id: &str,
     kind: &str,
     payload: serde_json::Value,
+) -> Result<(), StoreError> {
+    write(conn, id, aggregate_type, aggregate_id, kind, payload, None).await
+}
+
+/// [`enqueue`], under the event lock `event_lock` (a namespace) of `aggregate_id` when given.
+async fn write(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    kind: &str,
+    payload: serde_json::Value,
+    event_lock: Option<i32>,
 ) -> Result<(), StoreError> {
     let span = tracing::info_span!(
         "send outbox",
@@ -66,28 +72,26 @@ pub async fn enqueue(
     let (traceparent, tracestate) = trace.map_or((None, None), |trace| {
         (Some(trace.traceparent), trace.tracestate)
     });
-    let message = NewMessage {
-        id,
-        aggregate_type,
-        aggregate_id,
-        kind,
-        payload,
-        traceparent,
-        tracestate,
+    let sql = if event_lock.is_some() {
+        ENQUEUE_EVENT
+    } else {
+        ENQUEUE
     };
-    async {
-        diesel::insert_into(outbox::table)
-            .values(&message)
-            .execute(conn)
-            .await?;
-        identity_proto::pg::statement("SELECT pg_notify($1, '')")
-            .bind::<Text, _>(NOTIFY_CHANNEL)
-            .execute(conn)
-            .await?;
-        Ok(())
+    let mut query = identity_proto::pg::statement(sql)
+        .bind::<SqlUuid, _>(id)
+        .bind::<Text, _>(aggregate_type)
+        .bind::<Text, _>(aggregate_id)
+        .bind::<Text, _>(kind)
+        .bind::<Jsonb, _>(payload)
+        .bind::<Nullable<Text>, _>(traceparent)
+        .bind::<Nullable<Text>, _>(tracestate)
+        .bind::<Text, _>(NOTIFY_CHANNEL);
+    if let Some(namespace) = event_lock {
+        query = query.bind::<Integer, _>(namespace);
     }
-    .instrument(span)
-    .await
+    async { Ok(query.execute(conn).await.map(drop)?) }
+        .instrument(span)
+        .await
 }
 
 /// Queues `payload` as a message of `kind` about `user_id`, within the caller's transaction.
@@ -136,24 +140,19 @@ impl Events {
         let payload = serde_json::to_value(EventPayload::of(event)).map_err(|e| {
             StoreError::Unexpected(format!("serializing a {} payload: {e}", E::TYPE))
         })?;
-        let aggregate_id = user_id.to_string();
         // One writer of a user's events at a time, until commit: the next transaction takes
         // its `seq` only after this one committed, so `seq` follows commit order per user and
         // the relay, publishing each user's lowest `seq` first, never overtakes an event that
         // was about to commit.
         // (Two users may share a lock, the key being a 32-bit hash: they then take turns.)
-        identity_proto::pg::statement("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind::<Integer, _>(EVENT_LOCK_NAMESPACE)
-            .bind::<Text, _>(&aggregate_id)
-            .execute(conn)
-            .await?;
-        enqueue(
+        write(
             conn,
             Uuid::now_v7(),
             AGGREGATE_USER,
-            &aggregate_id,
+            &user_id.to_string(),
             E::TYPE,
             payload,
+            Some(EVENT_LOCK_NAMESPACE),
         )
         .await
     }
