@@ -3,7 +3,7 @@
 //! can do).
 
 use std::{
-    sync::{Arc, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -207,32 +207,31 @@ pub async fn log_in(channel: &Channel, emails: &[String], n: usize) -> anyhow::R
 
 /// RefreshSession arriving at a fixed `rate` per second for `run_for`, whatever the latency:
 /// each arrival takes one of `sessions` that no call is refreshing (a session is refreshed by
-/// one call at a time, as one client would), and puts its new token back. An arrival that
-/// finds every session busy counts as an error.
+/// one call at a time, as one client would; an arrival that finds every session busy waits for
+/// one), and puts its new token back. Latency counts from the arrival, waits included.
 pub async fn refresh_at_rate(
     channel: &Channel,
     sessions: Vec<String>,
     rate: f64,
     run_for: Duration,
 ) -> Tally {
-    let idle = Arc::new(std::sync::Mutex::new(sessions));
+    let (idle, next) = tokio::sync::mpsc::unbounded_channel();
+    for token in sessions {
+        idle.send(token).expect("the receiver is here");
+    }
+    let next = Arc::new(tokio::sync::Mutex::new(next));
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = JoinSet::new();
     while started.elapsed() < run_for {
         ticks.tick().await;
+        let arrival = Instant::now();
         let mut client = SessionServiceClient::new(channel.clone());
-        let idle = Arc::clone(&idle);
+        let (idle, next) = (idle.clone(), Arc::clone(&next));
         tasks.spawn(async move {
             let mut tally = Tally::default();
-            let taken = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-            let call = Instant::now();
-            let Some(token) = taken else {
-                let busy = Err(tonic::Status::aborted(
-                    "the load generator had no idle session",
-                ));
-                record::<()>(&mut tally, call, &busy);
+            let Some(token) = next.lock().await.recv().await else {
                 return tally;
             };
             let result = client
@@ -240,12 +239,10 @@ pub async fn refresh_at_rate(
                     refresh_token: token,
                 })
                 .await;
-            record(&mut tally, call, &result);
+            record(&mut tally, arrival, &result);
             if let Ok(response) = result {
-                let next = response.into_inner().refresh_token;
-                idle.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(next);
+                // The receiver lives as long as any task.
+                let _ = idle.send(response.into_inner().refresh_token);
             }
             tally
         });

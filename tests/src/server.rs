@@ -118,6 +118,12 @@ impl Server {
             &[("DATABASE_URL", &db.url)],
         );
         assert!(migrate.status.success(), "migrate failed: {migrate:?}");
+        Self::serve_as_is(db, extra_env).await
+    }
+
+    /// Serves `db` on port 0 as it is, without migrating it (for a test that prepared its
+    /// schema itself).
+    pub async fn serve_as_is(db: TestDb, extra_env: &[(&str, &str)]) -> Self {
         let keys_dir = keygen_for(&db);
         let (process, addr) = serve(&db.url, &keys_dir, extra_env).await;
         Self {

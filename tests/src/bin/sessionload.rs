@@ -48,6 +48,9 @@ struct Args {
     /// sessions, one call per session at a time).
     #[arg(long, default_value_t = 2500.0)]
     refresh_rate: f64,
+    /// Run the Login phase only (its ceiling, e.g. with cheap Argon2 settings on the server).
+    #[arg(long)]
+    login_only: bool,
 }
 
 /// Signs up and verifies `n` accounts; returns their addresses.
@@ -119,6 +122,10 @@ async fn main() -> anyhow::Result<()> {
         "  throughput = {:.0}% of the Argon2 bound (goal: at least 85%)",
         login.per_second() / bound * 100.0
     );
+
+    if args.login_only {
+        return Ok(());
+    }
 
     let mut refresh = refresh_phase(&channel, &emails, args.refresh_callers, run_for).await?;
     println!(
