@@ -203,15 +203,7 @@ impl Server {
             &crate::smtp::text_part(&mail.data),
             "https://app.example.com/verify?token=",
         );
-        registration
-            .verify_email(identity_proto::identity::v1::VerifyEmailRequest {
-                proof: Some(
-                    identity_proto::identity::v1::verify_email_request::Proof::Token(token),
-                ),
-                password: PASSWORD.into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("verifying {email} failed: {e:?}"));
+        verify_with_token(&mut registration, email, token).await;
         user_id
     }
 
@@ -224,15 +216,7 @@ impl Server {
             .await
             .unwrap_or_else(|e| panic!("registering {email} failed: {e:?}"));
         let token = self.emails_to(email).await[0].token.clone();
-        registration
-            .verify_email(identity_proto::identity::v1::VerifyEmailRequest {
-                proof: Some(
-                    identity_proto::identity::v1::verify_email_request::Proof::Token(token),
-                ),
-                password: PASSWORD.into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("verifying {email} failed: {e:?}"));
+        verify_with_token(&mut registration, email, token).await;
     }
 
     /// The verification emails still in the outbox for `recipient`, oldest first.
@@ -253,6 +237,21 @@ impl Server {
             .map(|row| serde_json::from_value(row.payload).expect("payload parses"))
             .collect()
     }
+}
+
+/// Verifies `email`'s registration with the link's `token` and [`PASSWORD`].
+async fn verify_with_token(
+    registration: &mut RegistrationServiceClient<Channel>,
+    email: &str,
+    token: String,
+) {
+    registration
+        .verify_email(identity_proto::identity::v1::VerifyEmailRequest {
+            proof: Some(identity_proto::identity::v1::verify_email_request::Proof::Token(token)),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("verifying {email} failed: {e:?}"));
 }
 
 /// A channel to `addr`, its socket bound to `source` if given.
