@@ -406,6 +406,37 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// The most rows one scan of `table` read in the lines of an `EXPLAIN (ANALYZE)`: the rows it
+/// returned and those its filter removed, over all its loops. A test that a statement's cost
+/// does not grow with a table bounds this.
+pub fn most_rows_read(plan: &[String], table: &str) -> i64 {
+    let number_after = |line: &str, label: &str| -> Option<i64> {
+        let digits = line.split(label).nth(1)?;
+        digits
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let scans = format!(" on {table}");
+    let mut most = 0;
+    for (i, line) in plan.iter().enumerate() {
+        if !(line.contains("Scan") && line.contains(&scans)) {
+            continue;
+        }
+        let returned = number_after(line, "actual rows=").unwrap_or_default();
+        let loops = number_after(line, "loops=").unwrap_or(1);
+        // The scan's details follow it, up to the next node.
+        let removed: i64 = plan[i + 1..]
+            .iter()
+            .take_while(|l| !l.contains("->"))
+            .filter_map(|l| number_after(l, "Rows Removed by Filter: "))
+            .sum();
+        most = most.max((returned + removed) * loops);
+    }
+    most
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

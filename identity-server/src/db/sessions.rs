@@ -398,29 +398,6 @@ mod tests {
         line: String,
     }
 
-    /// The most rows one scan of `refresh_tokens` read in an `EXPLAIN (ANALYZE)`: those it
-    /// returned and those its filter removed.
-    fn most_token_rows(plan: &[String]) -> i64 {
-        let number_after = |line: &str, label: &str| -> Option<i64> {
-            line.split(label).nth(1)?.split(' ').next()?.parse().ok()
-        };
-        let mut most = 0;
-        for (i, line) in plan.iter().enumerate() {
-            if !(line.contains("Scan") && line.contains(" on refresh_tokens")) {
-                continue;
-            }
-            let returned = number_after(line, "actual rows=").unwrap_or_default();
-            // The scan's details follow it, up to the next node.
-            let removed: i64 = plan[i + 1..]
-                .iter()
-                .take_while(|l| !l.contains("->"))
-                .filter_map(|l| number_after(l.trim_start(), "Rows Removed by Filter: "))
-                .sum();
-            most = most.max(returned + removed);
-        }
-        most
-    }
-
     #[tokio::test]
     async fn a_rotation_reads_the_sessions_current_tokens_only_however_old_the_session() {
         // A session refreshed every five minutes for a month has over 8,000 retired tokens.
@@ -464,7 +441,7 @@ mod tests {
                 .await
                 .expect("the rotation runs");
         let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
-        let most = most_token_rows(&plan);
+        let most = identity_tests::pg::most_rows_read(&plan, "refresh_tokens");
         let plan = plan.join("\n");
         assert!(
             most <= 1,

@@ -181,32 +181,6 @@ mod tests {
         assert!(!plan.contains("Seq Scan"), "{plan}");
     }
 
-    /// The most rows any scan of the outbox returned in an `EXPLAIN (ANALYZE)`, over all its
-    /// loops.
-    fn most_rows(plan: &[String]) -> i64 {
-        plan.iter()
-            .filter(|line| line.contains(" on outbox"))
-            .filter_map(|line| {
-                let actual = line.split("actual ").nth(1)?;
-                let rows: i64 = actual
-                    .split("rows=")
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                let loops: i64 = actual
-                    .split("loops=")
-                    .nth(1)?
-                    .trim_end_matches(')')
-                    .parse()
-                    .ok()?;
-                Some(rows * loops)
-            })
-            .max()
-            .unwrap_or_default()
-    }
-
     #[tokio::test]
     async fn the_backlog_sample_reads_a_capped_number_of_index_entries_whatever_the_outbox_holds() {
         let cap = 1_000;
@@ -228,14 +202,14 @@ mod tests {
             .await
         })
         .await;
-        let most_rows = most_rows(&plan);
+        let most_rows = identity_tests::pg::most_rows_read(&plan, "outbox");
         let plan = plan.join("\n");
         assert!(!plan.contains("Seq Scan"), "{plan}");
         assert!(plan.contains("outbox_channel_created_at_idx"), "{plan}");
         // One scan per channel, each stopping at the cap.
         assert!(
             most_rows <= 2 * cap,
-            "a scan returned {most_rows} rows for a count capped at {cap} per channel:\n{plan}"
+            "a scan read {most_rows} rows for a count capped at {cap} per channel:\n{plan}"
         );
     }
 
@@ -264,12 +238,12 @@ mod tests {
             .await
         })
         .await;
-        let most_rows = most_rows(&plan);
+        let most_rows = identity_tests::pg::most_rows_read(&plan, "outbox");
         let plan = plan.join("\n");
         assert!(!plan.contains("Seq Scan"), "{plan}");
         assert!(
             most_rows <= 64,
-            "a scan returned {most_rows} rows to claim 21 users' first events:\n{plan}"
+            "a scan read {most_rows} rows to claim 21 users' first events:\n{plan}"
         );
     }
 }
