@@ -406,6 +406,13 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// One line of an `EXPLAIN`'s output, as `sql_query("EXPLAIN ...").load(conn)` reads it.
+#[derive(Debug, diesel::QueryableByName)]
+pub struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    pub line: String,
+}
+
 /// The most rows one scan of `table` read in the lines of an `EXPLAIN (ANALYZE)`: the rows it
 /// returned and those its filter removed, over all its loops. A test that a statement's cost
 /// does not grow with a table bounds this.

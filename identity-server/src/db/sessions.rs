@@ -388,15 +388,9 @@ pub async fn revoke(
 
 #[cfg(test)]
 mod tests {
-    use identity_tests::pg::TestDb;
+    use identity_tests::pg::{PlanLine, TestDb};
 
     use super::*;
-
-    #[derive(QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-        line: String,
-    }
 
     #[tokio::test]
     async fn a_rotation_reads_the_sessions_current_tokens_only_however_old_the_session() {

@@ -102,16 +102,9 @@ pub async fn release(
 
 #[cfg(test)]
 mod tests {
-    use diesel::sql_types::Text;
-    use identity_tests::pg::TestDb;
+    use identity_tests::pg::{PlanLine, TestDb};
 
     use super::*;
-
-    #[derive(QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-        line: String,
-    }
 
     /// 10,000 emails waiting, as after an outage.
     const EMAIL_BACKLOG: &str =
