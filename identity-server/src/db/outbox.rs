@@ -32,22 +32,11 @@ const ENQUEUE_EVENT: &str = "WITH locked AS MATERIALIZED (
     RETURNING pg_notify($8, '')";
 
 /// Adds the message to the outbox within the caller's transaction and wakes the relay, whose
-/// notification PostgreSQL delivers only if, and when, that transaction commits. The insert
-/// is the message's producer span, whose trace context the row carries to the relay. The
-/// payload may hold secrets (a verification token and code): never log it.
-pub async fn enqueue(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    aggregate_type: &str,
-    aggregate_id: &str,
-    kind: &str,
-    payload: serde_json::Value,
-) -> Result<(), StoreError> {
-    write(conn, id, aggregate_type, aggregate_id, kind, payload, None).await
-}
-
-/// [`enqueue`], under the event lock `event_lock` (a namespace) of `aggregate_id` when given.
-async fn write(
+/// notification PostgreSQL delivers only if, and when, that transaction commits; under the
+/// event lock `event_lock` (a namespace) of `aggregate_id` when given. The insert is the
+/// message's producer span, whose trace context the row carries to the relay. The payload may
+/// hold secrets (a verification token and code): never log it.
+async fn enqueue(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     aggregate_type: &str,
@@ -110,6 +99,7 @@ pub async fn enqueue_for_user<T: serde::Serialize>(
         &user_id.to_string(),
         kind,
         payload,
+        None,
     )
     .await
 }
@@ -145,7 +135,7 @@ impl Events {
         // the relay, publishing each user's lowest `seq` first, never overtakes an event that
         // was about to commit.
         // (Two users may share a lock, the key being a 32-bit hash: they then take turns.)
-        write(
+        enqueue(
             conn,
             Uuid::now_v7(),
             AGGREGATE_USER,
