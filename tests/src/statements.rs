@@ -88,6 +88,25 @@ impl StatementCounter {
     /// the check PostgreSQL itself runs at commit for a deferred foreign key (a path whose
     /// writes were rolled back has none to check; the check is one index probe).
     pub async fn during<T>(&self, call: impl AsyncFnOnce() -> T) -> (T, Statements) {
+        self.counted(call, |query| {
+            query != "SELECT $1" && !is_foreign_key_check(query)
+        })
+        .await
+    }
+
+    /// As [`StatementCounter::during`], with every `SELECT 1` counted too (a pool's check of a
+    /// connection): for a test whose server runs no readiness probe meanwhile.
+    pub async fn during_with_checks<T>(&self, call: impl AsyncFnOnce() -> T) -> (T, Statements) {
+        self.counted(call, |query| !is_foreign_key_check(query))
+            .await
+    }
+
+    /// The statements `call` ran that `keep` keeps, by their normalized text.
+    async fn counted<T>(
+        &self,
+        call: impl AsyncFnOnce() -> T,
+        keep: impl Fn(&str) -> bool,
+    ) -> (T, Statements) {
         // The counts are read before and after rather than reset: an entry made again after a
         // reset by a statement the server had prepared before it would keep its constants,
         // and read as another statement than the same one prepared after the reset.
@@ -99,7 +118,7 @@ impl StatementCounter {
         for (queryid, (query, calls)) in after {
             let calls = calls - before.get(&queryid).map_or(0, |(_, calls)| *calls);
             let query = normalize(&query);
-            if calls > 0 && query != "SELECT $1" && !is_foreign_key_check(&query) {
+            if calls > 0 && keep(&query) {
                 *statements.entry(query).or_default() += calls;
             }
         }

@@ -102,3 +102,45 @@ async fn a_domain_event_costs_a_login_one_statement() {
         "a Login that queues one event (user.logged_in) ran\n{with}\nand without events\n{without}"
     );
 }
+
+/// A pooled connection handed out a moment ago goes out again without a `SELECT 1` (a round
+/// trip saved on every call under load); one that sat idle for a second or more is checked
+/// first, so a connection the server dropped meanwhile is found before a call uses it.
+#[tokio::test]
+async fn the_pool_checks_a_connection_with_a_query_only_after_it_sat_idle() {
+    use diesel_async::RunQueryDsl;
+    use identity_proto::pg::{Connector, pool};
+
+    let counter = StatementCounter::start().await;
+    let connector = Connector::new(&counter.db.url).expect("a valid URL");
+    let pool = pool(connector, 1, std::time::Duration::from_secs(5)).expect("a pool");
+    let use_once = async || {
+        let mut conn = pool.get().await.expect("a connection");
+        diesel::sql_query("SELECT now()")
+            .execute(&mut conn)
+            .await
+            .expect("runs");
+    };
+    use_once().await;
+    let checks = |statements: &identity_tests::statements::Statements| {
+        statements.0.get("SELECT $1").copied().unwrap_or_default()
+    };
+
+    let ((), busy) = counter
+        .during_with_checks(async || {
+            for _ in 0..5 {
+                use_once().await;
+            }
+        })
+        .await;
+    assert_eq!(
+        checks(&busy),
+        0,
+        "a connection used a moment ago was checked:\n{busy}"
+    );
+
+    // Idle for longer than the pool hands a connection out unchecked.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let ((), idle) = counter.during_with_checks(use_once).await;
+    assert_eq!(checks(&idle), 1, "a connection idle for a second:\n{idle}");
+}
