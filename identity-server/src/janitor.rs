@@ -69,7 +69,6 @@ pub struct Swept {
     pub unverified_accounts: usize,
     pub verification_secrets: usize,
     pub reset_tokens: usize,
-    pub refresh_tokens: usize,
     pub sessions: usize,
     pub login_throttles: usize,
     pub dead_letters: usize,
@@ -84,7 +83,6 @@ impl Swept {
         self.unverified_accounts
             + self.verification_secrets
             + self.reset_tokens
-            + self.refresh_tokens
             + self.sessions
             + self.login_throttles
             + self.dead_letters
@@ -98,7 +96,6 @@ impl Swept {
             Due::UnverifiedAccounts { .. } => &mut self.unverified_accounts,
             Due::VerificationSecrets { .. } => &mut self.verification_secrets,
             Due::ResetTokens { .. } => &mut self.reset_tokens,
-            Due::RefreshTokensOfExpiredSessions { .. } => &mut self.refresh_tokens,
             Due::ExpiredSessions { .. } => &mut self.sessions,
             Due::StaleLoginThrottles { .. } => &mut self.login_throttles,
             Due::DeadLetters { .. } => &mut self.dead_letters,
@@ -140,7 +137,7 @@ impl Janitor {
     pub async fn sweep(&self) -> Result<Swept, StoreError> {
         let now = self.clock.now();
         let s = &self.settings;
-        // Accounts first: their secrets go with them. Refresh tokens before their sessions.
+        // Accounts first: their secrets go with them. Sessions go with their refresh tokens.
         let kinds = [
             Due::UnverifiedAccounts {
                 created_before: now - s.unverified_account_ttl,
@@ -151,9 +148,6 @@ impl Janitor {
             },
             Due::ResetTokens {
                 spent_before: now - s.spent_secret_retention,
-            },
-            Due::RefreshTokensOfExpiredSessions {
-                expired_before: now,
             },
             Due::ExpiredSessions {
                 expired_before: now,
@@ -199,7 +193,6 @@ impl Janitor {
                     unverified_accounts = swept.unverified_accounts,
                     verification_secrets = swept.verification_secrets,
                     reset_tokens = swept.reset_tokens,
-                    refresh_tokens = swept.refresh_tokens,
                     sessions = swept.sessions,
                     login_throttles = swept.login_throttles,
                     dead_letters = swept.dead_letters,

@@ -20,9 +20,11 @@ use identity_proto::{
 };
 use identity_server::{
     challenge::{self, ChallengeKey, Policy},
+    clock::SystemClock,
     db,
     janitor::{self, Janitor, Swept},
 };
+use identity_tests::statements::StatementCounter;
 use secrecy::SecretString;
 use support::{PASSWORD, TestApp, assert_error};
 use time::{Duration, OffsetDateTime};
@@ -308,6 +310,69 @@ async fn an_expired_session_is_deleted_with_its_refresh_tokens() {
     assert_eq!(
         count(&app, "SELECT count(*) AS n FROM refresh_tokens").await,
         0
+    );
+}
+
+/// The blocks a janitor sweep touches per expired session, with `n` expired sessions of one
+/// refresh token each added to `db` first.
+async fn sweep_blocks_per_session(counter: &StatementCounter, n: i64) -> f64 {
+    let mut conn = counter.db.connect().await;
+    diesel::sql_query(
+        "WITH ended AS (
+             INSERT INTO sessions (id, user_id, created_at, expires_at)
+             SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001',
+                    now() - interval '31 days', now() - interval '1 day'
+               FROM generate_series(1, $1)
+             RETURNING id)
+         INSERT INTO refresh_tokens (token_hash, session_id, created_at)
+         SELECT sha256(uuid_send(id)), id, now() - interval '31 days' FROM ended",
+    )
+    .bind::<BigInt, _>(n)
+    .execute(&mut conn)
+    .await
+    .expect("expired sessions are inserted");
+    diesel::sql_query("ANALYZE")
+        .execute(&mut conn)
+        .await
+        .expect("analyzed");
+    let pool = db::pool(&db::PoolConfig {
+        url: SecretString::from(counter.db.url.clone()),
+        max_size: 2,
+        timeout: StdDuration::from_secs(5),
+        session: identity_proto::pg::SessionTimeouts::default(),
+    })
+    .expect("a pool");
+    let janitor = Janitor::new(pool, Arc::new(SystemClock), settings());
+    let (swept, blocks) = counter
+        .blocks_during(async || janitor.sweep().await.expect("the sweep succeeds"))
+        .await;
+    assert_eq!(
+        usize::try_from(n).ok(),
+        Some(swept.sessions),
+        "every expired session went"
+    );
+    blocks as f64 / n as f64
+}
+
+#[tokio::test]
+async fn a_sweep_of_expired_sessions_costs_the_same_per_session_however_many_there_are() {
+    let counter = StatementCounter::start().await;
+    diesel::sql_query(
+        "INSERT INTO users (id, email, password_hash, status, display_name, locale, created_at,
+                            updated_at, verified_at)
+         VALUES ('00000000-0000-0000-0000-000000000001', 'ada@example.com', '$argon2id$x',
+                 'active', 'Ada', 'en', now(), now(), now())",
+    )
+    .execute(&mut counter.db.connect().await)
+    .await
+    .expect("a user");
+    // Batches of 100 (settings()).
+    let few = sweep_blocks_per_session(&counter, 300).await;
+    let many = sweep_blocks_per_session(&counter, 3_000).await;
+    assert!(
+        many < 2.0 * few,
+        "sweeping 3,000 expired sessions touched {many:.1} blocks per session, 300 touched \
+         {few:.1}: a batch's cost grows with the sessions swept before it"
     );
 }
 

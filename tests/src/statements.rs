@@ -125,6 +125,33 @@ impl StatementCounter {
         (outcome, Statements(statements))
     }
 
+    /// The shared buffers (blocks hit or read) the statements run against the database while
+    /// `call` runs touched in all: a measure of their work that does not depend on timing.
+    pub async fn blocks_during<T>(&self, call: impl AsyncFnOnce() -> T) -> (T, i64) {
+        #[derive(QueryableByName)]
+        struct Blocks {
+            #[diesel(sql_type = BigInt)]
+            blocks: i64,
+        }
+        async fn blocks(conn: &mut AsyncPgConnection) -> i64 {
+            diesel::sql_query(
+                "SELECT coalesce(sum(shared_blks_hit + shared_blks_read), 0)::bigint AS blocks
+                   FROM pg_stat_statements
+                  WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND query NOT LIKE '%pg_stat_statements%'",
+            )
+            .get_result::<Blocks>(conn)
+            .await
+            .expect("reads the blocks")
+            .blocks
+        }
+        let mut conn = self.db.connect().await;
+        let before = blocks(&mut conn).await;
+        let outcome = call().await;
+        let after = blocks(&mut conn).await;
+        (outcome, after - before)
+    }
+
     /// Every statement's text and calls so far, by its id.
     async fn counts(conn: &mut AsyncPgConnection) -> BTreeMap<i64, (String, i64)> {
         let rows: Vec<Row> = diesel::sql_query(
