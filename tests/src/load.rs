@@ -293,3 +293,109 @@ pub async fn sign_up_verified(
         .context("verifying")?;
     Ok(())
 }
+
+/// CPU time so far, in clock ticks, of the machine and of the parties to a load test: the
+/// server's Argon2 workers (threads named `argon2-*`), its other threads, every PostgreSQL
+/// process, and this process. Read from /proc (Linux).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    machine_busy: u64,
+    machine_idle: u64,
+    argon2: u64,
+    server_other: u64,
+    postgres: u64,
+    this: u64,
+}
+
+/// utime + stime and the command name from a `/proc/.../stat` line.
+fn stat_ticks(stat: &str) -> Option<(String, u64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    // After the name: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+impl CpuTicks {
+    /// Now, with `server` the identity-server's process id.
+    pub fn now(server: u32) -> Self {
+        let mut ticks = Self::default();
+        if let Some(cpu) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+        {
+            let values: Vec<u64> = cpu
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal (guest time is in user already).
+            let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+            let all: u64 = values.iter().take(8).sum();
+            ticks.machine_idle = idle;
+            ticks.machine_busy = all - idle;
+        }
+        let read = |path: String| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| stat_ticks(&s))
+        };
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{server}/task")) {
+            for task in tasks.flatten() {
+                if let Some((comm, t)) = read(format!("{}/stat", task.path().display())) {
+                    if comm.starts_with("argon2-") {
+                        ticks.argon2 += t;
+                    } else {
+                        ticks.server_other += t;
+                    }
+                }
+            }
+        }
+        if let Ok(processes) = std::fs::read_dir("/proc") {
+            for process in processes.flatten() {
+                if let Some((comm, t)) = read(format!("{}/stat", process.path().display()))
+                    && comm == "postgres"
+                {
+                    ticks.postgres += t;
+                }
+            }
+        }
+        ticks.this = read("/proc/self/stat".into()).map_or(0, |(_, t)| t);
+        ticks
+    }
+
+    /// Where the machine's CPU time went between `self` and `later`, in percent of it.
+    pub fn shares_until(&self, later: &Self) -> String {
+        let all = ((later.machine_busy + later.machine_idle)
+            .saturating_sub(self.machine_busy + self.machine_idle))
+        .max(1) as f64;
+        let share = |a: u64, b: u64| b.saturating_sub(a) as f64 / all * 100.0;
+        let named = later.argon2 + later.server_other + later.postgres + later.this;
+        let named_before = self.argon2 + self.server_other + self.postgres + self.this;
+        let busy = share(self.machine_busy, later.machine_busy);
+        format!(
+            "Argon2 workers {:.0}%, server's other threads {:.0}%, PostgreSQL {:.0}%, load generator {:.0}%, anything else {:.0}%, idle {:.0}%",
+            share(self.argon2, later.argon2),
+            share(self.server_other, later.server_other),
+            share(self.postgres, later.postgres),
+            share(self.this, later.this),
+            (busy - share(named_before, named)).max(0.0),
+            share(self.machine_idle, later.machine_idle),
+        )
+    }
+}
+
+/// The one process named identity-server, if there is exactly one.
+pub fn find_server_pid() -> Option<u32> {
+    let mut found = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "identity-server")
+        });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}

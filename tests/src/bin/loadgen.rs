@@ -25,7 +25,7 @@ use clap::Parser;
 use identity_proto::identity::v1::{
     RegisterRequest, registration_service_client::RegistrationServiceClient,
 };
-use identity_tests::load::{Tally, argon2_bound, gather};
+use identity_tests::load::{CpuTicks, Tally, argon2_bound, find_server_pid, gather};
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
@@ -189,18 +189,6 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn find_server_pid() -> Option<u32> {
-    let mut found = std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "identity-server")
-        });
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -234,8 +222,12 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let callers = args.concurrency.unwrap_or(4 * cores);
+    let cpu = pid.map(CpuTicks::now);
     let mut saturated = closed_loop(&channel, &addresses, callers, phase).await;
     println!("saturation, {callers} callers: {}", saturated.summary());
+    if let (Some(pid), Some(cpu)) = (pid, cpu) {
+        println!("  CPU time: {}", cpu.shares_until(&CpuTicks::now(pid)));
+    }
     let share = saturated.per_second() / bound * 100.0;
     println!("  throughput = {share:.0}% of the Argon2 bound (goal: at least 85%)");
 

@@ -15,8 +15,8 @@ use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use identity_proto::identity::v1::{self as pb, session_service_client::SessionServiceClient};
 use identity_tests::load::{
-    PASSWORD, Tally, argon2_bound, gather, log_in, record, refresh_at_rate, refresh_phase,
-    sign_up_verified,
+    CpuTicks, PASSWORD, Tally, argon2_bound, find_server_pid, gather, log_in, record,
+    refresh_at_rate, refresh_phase, sign_up_verified,
 };
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -116,8 +116,13 @@ async fn main() -> anyhow::Result<()> {
     let emails = Arc::new(active_users(&channel, &args.database_url, args.users).await?);
 
     let callers = args.login_callers.unwrap_or(4 * cores);
+    let pid = find_server_pid();
+    let cpu = pid.map(CpuTicks::now);
     let mut login = login_phase(&channel, &emails, callers, run_for).await;
     println!("login, {callers} callers: {}", login.summary());
+    if let (Some(pid), Some(cpu)) = (pid, cpu) {
+        println!("  CPU time: {}", cpu.shares_until(&CpuTicks::now(pid)));
+    }
     println!(
         "  throughput = {:.0}% of the Argon2 bound (goal: at least 85%)",
         login.per_second() / bound * 100.0
