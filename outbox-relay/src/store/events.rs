@@ -22,20 +22,22 @@ use super::Claimed;
 /// Leases the oldest available head events: each user's earliest event still in the outbox,
 /// marked `head` by the outbox's triggers. The claim reads `outbox_event_head_claim_idx`, which
 /// holds heads only, so a user with a long queue costs it one entry, not one per queued event.
-/// The `NOT EXISTS` probe (one entry of `outbox_event_order_idx`) keeps the order even if a mark
-/// were ever wrong; a row another relay holds locked is skipped, and since it still exists, so
-/// is every later event of its user.
+/// The probe for the user's lowest `seq` (one entry of `outbox_event_order_idx`) keeps the order
+/// even if a mark were ever wrong; a row another relay holds locked is skipped, and since it
+/// still exists, so is every later event of its user. The probe is a scalar subquery, run for
+/// each candidate with its user as the index key, whatever the statistics say: as a `NOT EXISTS`,
+/// which the planner turns into a join, statistics gathered while the outbox held only emails
+/// (an SMTP outage) made it scan every queued event for each candidate.
 pub(crate) const CLAIM_EVENTS: &str = "UPDATE outbox
     SET lease_token = $1,
         leased_until = now() + make_interval(secs => $2),
         available_at = now() + make_interval(secs => $2)
   WHERE id = ANY(ARRAY(SELECT o.id FROM outbox o
                         WHERE o.channel = 'event' AND o.head AND o.available_at <= now()
-                          AND NOT EXISTS (SELECT 1 FROM outbox earlier
-                                           WHERE earlier.channel = 'event'
-                                             AND earlier.aggregate_type = o.aggregate_type
-                                             AND earlier.aggregate_id = o.aggregate_id
-                                             AND earlier.seq < o.seq)
+                          AND o.seq = (SELECT min(earlier.seq) FROM outbox earlier
+                                        WHERE earlier.channel = 'event'
+                                          AND earlier.aggregate_type = o.aggregate_type
+                                          AND earlier.aggregate_id = o.aggregate_id)
                         ORDER BY o.available_at, o.seq
                         LIMIT $3
                         FOR UPDATE OF o SKIP LOCKED))
@@ -158,5 +160,46 @@ mod tests {
             .await
             .expect("claims");
         assert!(claimed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_claim_reads_about_its_batch_when_the_statistics_saw_only_emails() {
+        // An SMTP outage: the outbox filled with emails and was analyzed then, so the planner
+        // expects no events when a burst of them comes.
+        let db = TestDb::create().await;
+        let mut conn = db.connect().await;
+        for statement in [
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload)
+             SELECT gen_random_uuid(), 'user', gen_random_uuid()::text,
+                    'email.verification.v1', '{}'
+               FROM generate_series(1, 30000)",
+            "ANALYZE outbox",
+            "WITH users AS MATERIALIZED (
+                 SELECT u, gen_random_uuid()::text AS id FROM generate_series(0, 199) AS u)
+             INSERT INTO outbox (id, aggregate_type, aggregate_id, kind, payload)
+             SELECT gen_random_uuid(), 'user', users.id, 'identity.test.e.v1', '{}'
+               FROM generate_series(0, 1999) AS i JOIN users ON users.u = i % 200
+              ORDER BY i",
+        ] {
+            diesel::sql_query(statement)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        let plan: Vec<identity_tests::pg::PlanLine> =
+            diesel::sql_query(format!("EXPLAIN (ANALYZE, TIMING OFF) {CLAIM_EVENTS}"))
+                .bind::<SqlUuid, _>(Uuid::new_v4())
+                .bind::<Double, _>(30.0)
+                .bind::<BigInt, _>(64)
+                .load(&mut conn)
+                .await
+                .expect("the claim runs");
+        let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
+        let most = identity_tests::pg::most_rows_read(&plan, "outbox");
+        assert!(
+            most <= 4 * 64,
+            "a scan of the outbox read {most} rows to claim 64 of 2,000 events:\n{}",
+            plan.join("\n")
+        );
     }
 }
