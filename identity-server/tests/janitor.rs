@@ -20,7 +20,7 @@ use identity_proto::{
 };
 use identity_server::{
     challenge::{self, ChallengeKey, Policy},
-    clock::SystemClock,
+    clock::{Clock, SystemClock},
     db,
     janitor::{self, Janitor, Swept},
 };
@@ -43,14 +43,19 @@ fn settings() -> janitor::Settings {
 }
 
 fn janitor(app: &TestApp, settings: janitor::Settings) -> Janitor {
+    janitor_on(&app.db.url, Arc::new(app.clock.clone()), settings)
+}
+
+/// A janitor on the database at `url`, with a pool of its own.
+fn janitor_on(url: &str, clock: Arc<dyn Clock>, settings: janitor::Settings) -> Janitor {
     let pool = db::pool(&db::PoolConfig {
-        url: SecretString::from(app.db.url.clone()),
+        url: SecretString::from(url.to_owned()),
         max_size: 2,
         timeout: StdDuration::from_secs(5),
         session: identity_proto::pg::SessionTimeouts::default(),
     })
     .expect("a pool");
-    Janitor::new(pool, Arc::new(app.clock.clone()), settings)
+    Janitor::new(pool, clock, settings)
 }
 
 #[derive(QueryableByName)]
@@ -335,14 +340,7 @@ async fn sweep_blocks_per_session(counter: &StatementCounter, n: i64) -> f64 {
         .execute(&mut conn)
         .await
         .expect("analyzed");
-    let pool = db::pool(&db::PoolConfig {
-        url: SecretString::from(counter.db.url.clone()),
-        max_size: 2,
-        timeout: StdDuration::from_secs(5),
-        session: identity_proto::pg::SessionTimeouts::default(),
-    })
-    .expect("a pool");
-    let janitor = Janitor::new(pool, Arc::new(SystemClock), settings());
+    let janitor = janitor_on(&counter.db.url, Arc::new(SystemClock), settings());
     let (swept, blocks) = counter
         .blocks_during(async || janitor.sweep().await.expect("the sweep succeeds"))
         .await;
