@@ -88,7 +88,7 @@ impl Connector {
         tokio::time::timeout(self.timeout, self.open())
             .await
             .unwrap_or_else(|_| {
-                Err(SendError::Transient(
+                Err(SendError::Unreachable(
                     "connecting to the SMTP server timed out".into(),
                 ))
             })
@@ -97,7 +97,7 @@ impl Connector {
     async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
         let target = &self.target;
         let network = |e: std::io::Error| {
-            SendError::Transient(format!(
+            SendError::Unreachable(format!(
                 "connecting to {}:{}: {e}",
                 target.host, target.port
             ))

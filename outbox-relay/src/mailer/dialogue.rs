@@ -167,7 +167,8 @@ mod tests {
         let reason = |error: SendError| match error {
             SendError::Transient(reason)
             | SendError::Permanent(reason)
-            | SendError::ChannelRefused(reason) => reason,
+            | SendError::ChannelRefused(reason)
+            | SendError::Unreachable(reason) => reason,
         };
         let rejected = Stage::RcptTo.verdict(
             Some(550),

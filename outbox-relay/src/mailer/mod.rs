@@ -69,7 +69,7 @@ pub enum Sent {
 /// Why an email was not accepted, sorted by what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying later: connection failures, timeouts, 4xx replies.
+    /// Worth retrying later: a session lost midway, timeouts, 4xx replies.
     #[error("transient: {0}")]
     Transient(String),
     /// This message will never be accepted: a 5xx to `RCPT TO` or to its data. It is
@@ -82,6 +82,11 @@ pub enum SendError {
     /// message alike: sending pauses and no attempt is counted. The text names the stage.
     #[error("{0}")]
     ChannelRefused(String),
+    /// The SMTP server cannot be reached (the connection was refused, failed or timed out
+    /// before the greeting): an outage of the server or the network, which fails every message
+    /// alike. Sending pauses briefly and no attempt is counted.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl Mailer {

@@ -46,7 +46,7 @@ impl Relay {
         message: Claimed,
         stop: &watch::Receiver<bool>,
     ) {
-        let verdict = if *stop.borrow() || self.is_paused() {
+        let verdict = if *stop.borrow() || self.wait_left().is_some() {
             // Not started yet: leave it for later or for another relay.
             Verdict::PutBack(Duration::ZERO)
         } else {

@@ -84,6 +84,9 @@ pub struct Relay {
     held: Mutex<HashMap<Uuid, Vec<Uuid>>>,
     /// Sending is paused until then (after the SMTP server refused us).
     paused_until: Mutex<Option<Instant>>,
+    /// Sending holds until then (after the SMTP server could not be reached); unlike a pause,
+    /// readiness does not report it.
+    held_until: Mutex<Option<Instant>>,
     /// Set once shutdown began.
     stopping: AtomicBool,
     /// Set while the event channel pauses (NATS unreachable or failing).
@@ -126,6 +129,7 @@ impl Relay {
             budget,
             held: Mutex::default(),
             paused_until: Mutex::default(),
+            held_until: Mutex::default(),
             stopping: AtomicBool::new(false),
             events_paused: AtomicBool::new(false),
         })
@@ -231,7 +235,7 @@ impl Relay {
 
     async fn work(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
-            if let Some(left) = self.pause_left() {
+            if let Some(left) = self.wait_left() {
                 tokio::select! {
                     () = tokio::time::sleep(left) => {}
                     _ = stop.changed() => {}
@@ -301,6 +305,23 @@ impl Relay {
             .lock()
             .unwrap_or_else(PoisonError::into_inner))?;
         until.checked_duration_since(Instant::now())
+    }
+
+    fn hold_for(&self, hold: Duration) {
+        *self
+            .held_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
+    }
+
+    /// How long sending still waits: for a pause or for a hold, whichever ends later.
+    fn wait_left(&self) -> Option<Duration> {
+        let held = (*self
+            .held_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+        .and_then(|until| until.checked_duration_since(Instant::now()));
+        self.pause_left().max(held)
     }
 
     fn held_mut(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Uuid>>> {

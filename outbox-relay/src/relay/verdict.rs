@@ -12,6 +12,10 @@ use crate::{
     store::{self, Claimed},
 };
 
+/// How long sending holds after the SMTP server could not be reached: one round of connection
+/// attempts a second during an outage, none of them counted against a message.
+pub(super) const UNREACHABLE_HOLD: Duration = Duration::from_secs(1);
+
 /// What became of one message.
 pub(super) enum Verdict {
     /// Accepted; `at` is the database's time then.
@@ -22,6 +26,9 @@ pub(super) enum Verdict {
     Dead { reason: String, tried: bool },
     /// The SMTP server refused us, not the message: pause, put the message back, count nothing.
     Paused(String),
+    /// The SMTP server cannot be reached: hold sending a moment, put the message back, count
+    /// nothing.
+    Unreachable(String),
     /// Not attempted (shutting down or paused): make it available again after the delay.
     PutBack(Duration),
 }
@@ -35,10 +42,14 @@ impl Verdict {
             Self::Failed(_) => "failed",
             Self::Dead { .. } => "dead_lettered",
             Self::Paused(_) => "refused",
+            Self::Unreachable(_) => "unreachable",
             Self::PutBack(_) => "put_back",
         };
         span.record("outbox.outcome", outcome);
-        if matches!(self, Self::Failed(_) | Self::Dead { .. } | Self::Paused(_)) {
+        if matches!(
+            self,
+            Self::Failed(_) | Self::Dead { .. } | Self::Paused(_) | Self::Unreachable(_)
+        ) {
             span.record("otel.status_code", "error");
         }
     }
@@ -53,6 +64,7 @@ impl From<SendError> for Verdict {
                 tried: true,
             },
             SendError::ChannelRefused(e) => Self::Paused(e),
+            SendError::Unreachable(e) => Self::Unreachable(e),
         }
     }
 }
@@ -127,6 +139,12 @@ impl Relay {
                 count_send(message, "paused");
                 // The pause is this relay's, not the message's: a relay with the right
                 // configuration (another replica, or this one restarted) may send it now.
+                store::put_back(conn, id, token, Duration::ZERO).await?
+            }
+            Verdict::Unreachable(error) => {
+                tracing::warn!(error.message = %error, hold = ?UNREACHABLE_HOLD, "the SMTP server cannot be reached; holding delivery, no attempt counted");
+                self.hold_for(UNREACHABLE_HOLD);
+                count_send(message, "unreachable");
                 store::put_back(conn, id, token, Duration::ZERO).await?
             }
             Verdict::PutBack(delay) => store::put_back(conn, id, token, delay).await?,

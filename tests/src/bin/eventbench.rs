@@ -378,7 +378,7 @@ async fn main() -> anyhow::Result<()> {
     // 4. Events during an SMTP outage.
     if args.outage_emails > 0 {
         // Nothing listens on a port just found free: every connection is refused. The relay's
-        // log line for each failed email is left out (it would be millions of lines).
+        // log lines for its sends are left out but its warnings.
         let dead_smtp = format!("smtp://127.0.0.1:{}", free_port()?);
         let mut relay =
             start_relay(&dead_smtp, &[("RUST_LOG", "info,outbox_relay::relay=warn")]).await;
@@ -392,23 +392,12 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
         let queued_in = started.elapsed();
-        wait::until(
-            "the relay to fail an email",
-            Duration::from_secs(60),
-            async || {
-                let failed = outbox::count(
-                    &mut conn,
-                    "SELECT count(*) AS n FROM (SELECT FROM outbox
-                      WHERE channel = 'email' AND attempts > 0 LIMIT 1) AS failed",
-                )
-                .await;
-                (failed > 0).then_some(())
-            },
-        )
-        .await;
+        relay
+            .wait_for_line("the SMTP server cannot be reached", Duration::from_secs(60))
+            .await;
         let latencies = commit_to_ack(&nats_url, &mut conn, &payload, args.outage_samples).await?;
         println!(
-            "events: commit to JetStream ack while {} emails wait for an SMTP server that is down (queued in one INSERT with ANALYZE outbox, {:.1} s; the relay fails and retries them meanwhile), {} samples: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal: every event within 1 s)",
+            "events: commit to JetStream ack while {} emails wait for an SMTP server that is down (queued in one INSERT with ANALYZE outbox, {:.1} s; the relay tries the server once a second meanwhile), {} samples: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal: every event within 1 s)",
             args.outage_emails,
             queued_in.as_secs_f64(),
             latencies.len(),
