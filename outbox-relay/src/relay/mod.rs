@@ -86,7 +86,7 @@ pub struct Relay {
     paused_until: Mutex<Option<Instant>>,
     /// Sending holds until then (after the SMTP server could not be reached); unlike a pause,
     /// readiness does not report it.
-    held_until: Mutex<Option<Instant>>,
+    unreachable_until: Mutex<Option<Instant>>,
     /// Set once shutdown began.
     stopping: AtomicBool,
     /// Set while the event channel pauses (NATS unreachable or failing).
@@ -129,7 +129,7 @@ impl Relay {
             budget,
             held: Mutex::default(),
             paused_until: Mutex::default(),
-            held_until: Mutex::default(),
+            unreachable_until: Mutex::default(),
             stopping: AtomicBool::new(false),
             events_paused: AtomicBool::new(false),
         })
@@ -307,9 +307,9 @@ impl Relay {
         until.checked_duration_since(Instant::now())
     }
 
-    fn hold_for(&self, hold: Duration) {
+    fn hold_sending_for(&self, hold: Duration) {
         *self
-            .held_until
+            .unreachable_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
     }
@@ -317,7 +317,7 @@ impl Relay {
     /// How long sending still waits: for a pause or for a hold, whichever ends later.
     fn wait_left(&self) -> Option<Duration> {
         let held = (*self
-            .held_until
+            .unreachable_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner))
         .and_then(|until| until.checked_duration_since(Instant::now()));

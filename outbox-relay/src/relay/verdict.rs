@@ -143,7 +143,7 @@ impl Relay {
             }
             Verdict::Unreachable(error) => {
                 tracing::warn!(error.message = %error, hold = ?UNREACHABLE_HOLD, "the SMTP server cannot be reached; holding delivery, no attempt counted");
-                self.hold_for(UNREACHABLE_HOLD);
+                self.hold_sending_for(UNREACHABLE_HOLD);
                 count_send(message, "unreachable");
                 store::put_back(conn, id, token, Duration::ZERO).await?
             }

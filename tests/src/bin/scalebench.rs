@@ -803,9 +803,14 @@ async fn main() -> anyhow::Result<()> {
         "calls per second (change from the first size), p50 and p99 in ms; goal: Register within 10% at the largest size\n{}",
         table(&results)
     );
-    if let Some(pg_log) = &args.pg_log {
-        println!("plans at {generated} generated users");
-        explain(&args, &server, &mut conn, pg_log, generated).await?;
+    match &args.pg_log {
+        // The calls log in as generated users.
+        Some(_) if generated == 0 => println!("no plans: they need generated users"),
+        Some(pg_log) => {
+            println!("plans at {generated} generated users");
+            explain(&args, &server, &mut conn, pg_log, generated).await?;
+        }
+        None => {}
     }
     if args.sweep_rows > 0 {
         println!("janitor sweep at {generated} generated users");
