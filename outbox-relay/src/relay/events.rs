@@ -63,9 +63,19 @@ impl Relay {
         while !*stop.borrow() {
             if !publisher.is_connected() {
                 self.set_events_paused(true);
-                tokio::select! {
-                    () = publisher.connected() => {}
-                    _ = stop.changed() => {}
+                // Quietly for a moment (at start the first connection is under way), then say
+                // so: a client that never connected (NATS down since start) reports only
+                // connection errors.
+                let connected = tokio::select! {
+                    waited = tokio::time::timeout(Duration::from_secs(1), publisher.connected()) => waited.is_ok(),
+                    _ = stop.changed() => true,
+                };
+                if !connected {
+                    tracing::warn!("NATS is not connected; events wait for it (emails do not)");
+                    tokio::select! {
+                        () = publisher.connected() => {}
+                        _ = stop.changed() => {}
+                    }
                 }
                 continue;
             }
