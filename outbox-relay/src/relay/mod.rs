@@ -83,10 +83,10 @@ pub struct Relay {
     /// claim is in flight): released at shutdown, by primary key.
     held: Mutex<HashMap<Uuid, Vec<Uuid>>>,
     /// Sending is paused until then (after the SMTP server refused us).
-    paused_until: Mutex<Option<Instant>>,
+    paused_until: Until,
     /// Sending holds until then (after the SMTP server could not be reached); unlike a pause,
     /// readiness does not report it.
-    unreachable_until: Mutex<Option<Instant>>,
+    unreachable_until: Until,
     /// Set once shutdown began.
     stopping: AtomicBool,
     /// Set while the event channel pauses (NATS unreachable or failing).
@@ -128,8 +128,8 @@ impl Relay {
             config,
             budget,
             held: Mutex::default(),
-            paused_until: Mutex::default(),
-            unreachable_until: Mutex::default(),
+            paused_until: Until::default(),
+            unreachable_until: Until::default(),
             stopping: AtomicBool::new(false),
             events_paused: AtomicBool::new(false),
         })
@@ -293,35 +293,20 @@ impl Relay {
     }
 
     fn pause_for(&self, pause: Duration) {
-        *self
-            .paused_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + pause);
+        self.paused_until.set(pause);
     }
 
     fn pause_left(&self) -> Option<Duration> {
-        let until = (*self
-            .paused_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))?;
-        until.checked_duration_since(Instant::now())
+        self.paused_until.left()
     }
 
     fn hold_sending_for(&self, hold: Duration) {
-        *self
-            .unreachable_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
+        self.unreachable_until.set(hold);
     }
 
     /// How long sending still waits: for a pause or for a hold, whichever ends later.
     fn wait_left(&self) -> Option<Duration> {
-        let held = (*self
-            .unreachable_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
-        .and_then(|until| until.checked_duration_since(Instant::now()));
-        self.pause_left().max(held)
+        self.pause_left().max(self.unreachable_until.left())
     }
 
     fn held_mut(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Uuid>>> {
@@ -378,4 +363,21 @@ fn receive_span(polled: SystemTime, batch: &[Claimed]) -> SpanContext {
         ],
         batch.iter().map(|message| message.trace_parent()),
     )
+}
+
+/// A moment something lasts until, which any task may set and read.
+#[derive(Debug, Default)]
+struct Until(Mutex<Option<Instant>>);
+
+impl Until {
+    /// Lasts `span` from now.
+    fn set(&self, span: Duration) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + span);
+    }
+
+    /// What is left of it, if anything.
+    fn left(&self) -> Option<Duration> {
+        let until = (*self.0.lock().unwrap_or_else(PoisonError::into_inner))?;
+        until.checked_duration_since(Instant::now())
+    }
 }
