@@ -441,5 +441,6 @@ async fn main() -> anyhow::Result<()> {
         relay.terminate(Duration::from_secs(30)).await;
         outbox::execute(&mut conn, "DELETE FROM outbox WHERE channel = 'email'").await;
     }
-    Ok(())
+    // A million-row outbox is gigabytes on disk.
+    db.drop_on(&identity_tests::pg::admin_url()).await
 }

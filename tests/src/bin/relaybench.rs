@@ -205,5 +205,6 @@ async fn main() -> anyhow::Result<()> {
             window_rate(&large, args.warm_up, long),
         );
     }
-    Ok(())
+    // A million-row outbox is gigabytes on disk.
+    db.drop_on(&identity_tests::pg::admin_url()).await
 }

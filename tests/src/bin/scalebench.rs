@@ -48,7 +48,7 @@ use diesel::{
     QueryableByName,
     sql_types::{Array, BigInt, Text},
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use identity_proto::identity::v1::{
     self as pb, password_reset_service_client::PasswordResetServiceClient,
     registration_service_client::RegistrationServiceClient,
@@ -769,7 +769,6 @@ async fn main() -> anyhow::Result<()> {
     );
     let admin = admin_url();
     let db = TestDb::create_empty_on(&admin).await?;
-    let name = db.name.clone();
     let server = Server::start_on(db, &server_env()).await;
     let channel = server.channel().await;
     let mut conn = server.db.connect().await;
@@ -819,11 +818,9 @@ async fn main() -> anyhow::Result<()> {
 
     drop(conn);
     drop(channel);
-    let Server { mut process, .. } = server;
+    let Server {
+        mut process, db, ..
+    } = server;
     process.terminate(Duration::from_secs(30)).await;
-    let mut admin = AsyncPgConnection::establish(&admin).await?;
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await?;
-    Ok(())
+    db.drop_on(&admin).await
 }
