@@ -3,7 +3,10 @@
 //! can do).
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -220,16 +223,10 @@ pub async fn refresh_at_rate(
         idle.send(token).expect("the receiver is here");
     }
     let next = Arc::new(tokio::sync::Mutex::new(next));
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = JoinSet::new();
-    while started.elapsed() < run_for {
-        ticks.tick().await;
-        let arrival = Instant::now();
+    at_rate(rate, run_for, |arrival| {
         let mut client = SessionServiceClient::new(channel.clone());
         let (idle, next) = (idle.clone(), Arc::clone(&next));
-        tasks.spawn(async move {
+        async move {
             let mut tally = Tally::default();
             let Some(token) = next.lock().await.recv().await else {
                 return tally;
@@ -243,6 +240,53 @@ pub async fn refresh_at_rate(
             if let Ok(response) = result {
                 // The receiver lives as long as any task.
                 let _ = idle.send(response.into_inner().refresh_token);
+            }
+            tally
+        }
+    })
+    .await
+}
+
+/// Starts `arrive(arrival)` at a fixed `rate` per second for `run_for`, whatever the latency
+/// (arrivals the 1 ms timer owes come at once), and adds up what each saw.
+pub async fn at_rate<F>(rate: f64, run_for: Duration, mut arrive: impl FnMut(Instant) -> F) -> Tally
+where
+    F: Future<Output = Tally> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = JoinSet::new();
+    while started.elapsed() < run_for {
+        ticks.tick().await;
+        tasks.spawn(arrive(Instant::now()));
+    }
+    gather(tasks, started).await
+}
+
+/// `callers` callers, each making the call `next()` gives as soon as its previous one answered,
+/// until `stop` is set or `next()` gives none; each call is timed and counted.
+pub async fn until_stopped<T, F>(
+    callers: usize,
+    stop: Arc<AtomicBool>,
+    next: impl Fn() -> Option<F> + Send + Sync + 'static,
+) -> Tally
+where
+    F: Future<Output = Result<T, tonic::Status>> + Send,
+    T: Send + 'static,
+{
+    let next = Arc::new(next);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..callers {
+        let (stop, next) = (Arc::clone(&stop), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            while !stop.load(Ordering::Relaxed) {
+                let Some(call) = next() else { break };
+                let started = Instant::now();
+                let result = call.await;
+                record(&mut tally, started, &result);
             }
             tally
         });

@@ -66,11 +66,11 @@ impl Relay {
                 // Quietly for a moment (at start the first connection is under way), then say
                 // so: a client that never connected (NATS down since start) reports only
                 // connection errors.
-                let connected = tokio::select! {
+                let connected_or_stopping = tokio::select! {
                     waited = tokio::time::timeout(Duration::from_secs(1), publisher.connected()) => waited.is_ok(),
                     _ = stop.changed() => true,
                 };
-                if !connected {
+                if !connected_or_stopping {
                     tracing::warn!("NATS is not connected; events wait for it (emails do not)");
                     tokio::select! {
                         () = publisher.connected() => {}

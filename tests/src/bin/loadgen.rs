@@ -25,7 +25,7 @@ use clap::Parser;
 use identity_proto::identity::v1::{
     RegisterRequest, registration_service_client::RegistrationServiceClient,
 };
-use identity_tests::load::{CpuTicks, Tally, argon2_bound, find_server_pid, gather};
+use identity_tests::load::{CpuTicks, Tally, argon2_bound, at_rate, find_server_pid, gather};
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
@@ -154,21 +154,16 @@ async fn open_loop(
     rate: f64,
     duration: Duration,
 ) -> Tally {
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = JoinSet::new();
-    while started.elapsed() < duration {
-        ticks.tick().await;
+    at_rate(rate, duration, |_| {
         let mut client = RegistrationServiceClient::new(channel.clone());
         let addresses = Arc::clone(addresses);
-        tasks.spawn(async move {
+        async move {
             let mut tally = Tally::default();
             register_once(&mut client, &addresses, &mut tally).await;
             tally
-        });
-    }
-    gather(tasks, started).await
+        }
+    })
+    .await
 }
 
 /// Samples a process's resident memory until stopped; returns the peak in KiB.

@@ -55,11 +55,10 @@ use identity_proto::identity::v1::{
     session_service_client::SessionServiceClient, user_service_client::UserServiceClient,
 };
 use identity_tests::{
-    load::{PASSWORD, Tally, gather, record, refresh_phase},
+    load::{PASSWORD, Tally, refresh_phase, until_stopped},
     pg::{TestDb, admin_url},
     server::Server,
 };
-use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 /// Measure identity-server's calls as the user table grows, capture the plans of their
@@ -252,16 +251,13 @@ async fn register_phase(
     stop: Arc<AtomicBool>,
 ) -> (Tally, Vec<String>) {
     let registered = Arc::new(Mutex::new(Vec::new()));
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for _ in 0..callers {
-        let mut client = RegistrationServiceClient::new(channel.clone());
-        let (stop, registered) = (Arc::clone(&stop), Arc::clone(&registered));
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            while !stop.load(Ordering::Relaxed) {
-                let email = format!("{}@scale.example.org", uuid::Uuid::new_v4().simple());
-                let call = Instant::now();
+    let tally = until_stopped(callers, stop, {
+        let registered = Arc::clone(&registered);
+        move || {
+            let mut client = RegistrationServiceClient::new(channel.clone());
+            let registered = Arc::clone(&registered);
+            let email = format!("{}@scale.example.org", uuid::Uuid::new_v4().simple());
+            Some(async move {
                 let result = client
                     .register(pb::RegisterRequest {
                         email: email.clone(),
@@ -271,15 +267,14 @@ async fn register_phase(
                         ..Default::default()
                     })
                     .await;
-                record(&mut tally, call, &result);
                 if result.is_ok() {
                     registered.lock().expect("not poisoned").push(email);
                 }
-            }
-            tally
-        });
-    }
-    let tally = gather(tasks, started).await;
+                result
+            })
+        }
+    })
+    .await;
     let registered = std::mem::take(&mut *registered.lock().expect("not poisoned"));
     (tally, registered)
 }
@@ -306,31 +301,21 @@ async fn verify_phase(
     callers: usize,
     stop: Arc<AtomicBool>,
 ) -> Tally {
-    let tokens = Arc::new(Mutex::new(tokens));
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for _ in 0..callers {
+    let tokens = Mutex::new(tokens);
+    let channel = channel.clone();
+    until_stopped(callers, stop, move || {
+        let token = tokens.lock().expect("not poisoned").pop()?;
         let mut client = RegistrationServiceClient::new(channel.clone());
-        let (stop, tokens) = (Arc::clone(&stop), Arc::clone(&tokens));
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            while !stop.load(Ordering::Relaxed) {
-                let Some(token) = tokens.lock().expect("not poisoned").pop() else {
-                    break;
-                };
-                let call = Instant::now();
-                let result = client
-                    .verify_email(pb::VerifyEmailRequest {
-                        proof: Some(pb::verify_email_request::Proof::Token(token)),
-                        password: PASSWORD.into(),
-                    })
-                    .await;
-                record(&mut tally, call, &result);
-            }
-            tally
-        });
-    }
-    gather(tasks, started).await
+        Some(async move {
+            client
+                .verify_email(pb::VerifyEmailRequest {
+                    proof: Some(pb::verify_email_request::Proof::Token(token)),
+                    password: PASSWORD.into(),
+                })
+                .await
+        })
+    })
+    .await
 }
 
 /// Login by `callers` until `stop`, each call as one of `pick()`'s addresses.
@@ -340,27 +325,20 @@ async fn login_phase(
     stop: Arc<AtomicBool>,
     pick: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> Tally {
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for _ in 0..callers {
+    let channel = channel.clone();
+    until_stopped(callers, stop, move || {
         let mut client = SessionServiceClient::new(channel.clone());
-        let (stop, pick) = (Arc::clone(&stop), Arc::clone(&pick));
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            while !stop.load(Ordering::Relaxed) {
-                let call = Instant::now();
-                let result = client
-                    .login(pb::LoginRequest {
-                        email: pick(),
-                        password: PASSWORD.into(),
-                    })
-                    .await;
-                record(&mut tally, call, &result);
-            }
-            tally
-        });
-    }
-    gather(tasks, started).await
+        let email = pick();
+        Some(async move {
+            client
+                .login(pb::LoginRequest {
+                    email,
+                    password: PASSWORD.into(),
+                })
+                .await
+        })
+    })
+    .await
 }
 
 /// What one size measured: per call, its name, calls per second, p50 and p99 in ms.
